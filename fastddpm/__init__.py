@@ -1,0 +1,28 @@
+"""fastddpm: a seed-exact DDPM reference (annotated-diffusion) and a fast sampling engine beside it."""
+
+from ._version import __version__
+from .diffusion import (
+    BETA_SCHEDULES,
+    LOSS_TYPES,
+    DiffusionConfig,
+    GaussianDiffusion,
+    cosine_beta_schedule,
+    linear_beta_schedule,
+    quadratic_beta_schedule,
+    sigmoid_beta_schedule,
+)
+from .unet import Unet, UnetConfig
+
+__all__ = [
+    "__version__",
+    "Unet",
+    "UnetConfig",
+    "GaussianDiffusion",
+    "DiffusionConfig",
+    "BETA_SCHEDULES",
+    "LOSS_TYPES",
+    "linear_beta_schedule",
+    "cosine_beta_schedule",
+    "quadratic_beta_schedule",
+    "sigmoid_beta_schedule",
+]

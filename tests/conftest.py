@@ -1,0 +1,13 @@
+"""Shared test configuration. ``seed_reference`` (the seed's code, transcribed) is the oracle."""
+
+# Small U-Net configurations covering both block types, time embedding on and off, custom init/out
+# widths, and two or three resolutions. Each is built by the library and by the seed oracle.
+UNET_CONFIGS = {
+    "convnext-fashion": dict(dim=28, channels=1, dim_mults=(1, 2, 4)),
+    "convnext-rgb-mult3": dict(dim=16, channels=3, dim_mults=(1, 2), convnext_mult=3),
+    "convnext-no-time": dict(dim=12, channels=2, dim_mults=(1, 2), with_time_emb=False),
+    "resnet-rgb": dict(dim=16, channels=3, dim_mults=(1, 2, 2), use_convnext=False, resnet_block_groups=4),
+    "resnet-init-out": dict(
+        dim=8, init_dim=6, out_dim=2, channels=1, dim_mults=(1, 2), use_convnext=False, resnet_block_groups=2
+    ),
+}
