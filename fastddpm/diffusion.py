@@ -127,7 +127,9 @@ class GaussianDiffusion:
 
     ``GaussianDiffusion(timesteps=200, beta_schedule="linear")``; ``beta_schedule`` may also be "cosine",
     "quadratic", "sigmoid" or a 1-D tensor of betas (then ``timesteps`` defaults to its length). The
-    tables are float32, computed exactly as the seed computes them, and live on ``device``.
+    tables live on ``device``. With the default ``dtype=torch.float32`` they are computed exactly as the
+    seed computes them; ``dtype=torch.float64`` computes them from the same betas in double precision
+    (for references and closed-form checks: float32 tables lose digits where 1−ᾱ_t is small, near t=0).
     """
 
     TABLES = (
@@ -147,15 +149,19 @@ class GaussianDiffusion:
         beta_schedule: str | torch.Tensor | Sequence[float] = "linear",
         *,
         device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
     ):
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"table dtype must be torch.float32 (the seed's) or torch.float64, got {dtype}")
         betas = _make_betas(timesteps, beta_schedule)
         self.num_timesteps = int(betas.numel())
         schedule = beta_schedule if isinstance(beta_schedule, str) else tuple(betas.tolist())
         self.config = DiffusionConfig(timesteps=self.num_timesteps, beta_schedule=schedule)
 
         # Same float32 operations in the same order as the seed, so each table matches it bit for bit.
-        self.betas = betas
-        self.alphas = 1.0 - betas
+        self.betas = betas.to(dtype)
+        self.dtype = dtype
+        self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
         self.alphas_cumprod_prev = F.pad(self.alphas_cumprod[:-1], (1, 0), value=1.0)
         self.sqrt_recip_alphas = torch.sqrt(1.0 / self.alphas)
@@ -166,8 +172,10 @@ class GaussianDiffusion:
         self._to(torch.device(device))
 
     @classmethod
-    def from_config(cls, config: DiffusionConfig, *, device: torch.device | str = "cpu") -> "GaussianDiffusion":
-        return cls(config.timesteps, config.beta_schedule, device=device)
+    def from_config(
+        cls, config: DiffusionConfig, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> "GaussianDiffusion":
+        return cls(config.timesteps, config.beta_schedule, device=device, dtype=dtype)
 
     @property
     def timesteps(self) -> int:

@@ -24,10 +24,11 @@ TOLERANCES: dict[torch.dtype, float] = {
     torch.bfloat16: 1.6e-2,
 }
 
-# float32 tables built by chained float32 operations (cumprod over T steps) against float64 closed
-# forms: each of the T multiplications rounds once, so the error grows with T; 2e-5 covers T = 1000
-# with margin (measured: 2.4e-6 at T=1000 for the linear schedule).
-FLOAT32_CHAINED_TABLES = 2e-5
+# The seed's float32 schedule tables against float64 closed forms. Looser than float32's entry because
+# (a) the cosine schedule evaluates cos² near π/2 in float32 and then cancels in β = 1 − ᾱ_t/ᾱ_{t−1}
+# (measured 3.1e-5 at T=1000, 3.3e-6 at T=200), and (b) cumprod chains T roundings and 1 − ᾱ_t cancels
+# near t=0 (measured up to 3.2e-6 over all tables, schedules and T ∈ {200, 1000}).
+FLOAT32_SCHEDULE_TABLES = 1e-4
 
 
 def tolerance(dtype: torch.dtype) -> float:
