@@ -11,12 +11,16 @@ from .diffusion import (
     quadratic_beta_schedule,
     sigmoid_beta_schedule,
 )
+from .checkpoint import CheckpointError, load, save
 from .unet import Unet, UnetConfig
 
 __all__ = [
     "__version__",
     "Unet",
     "UnetConfig",
+    "save",
+    "load",
+    "CheckpointError",
     "GaussianDiffusion",
     "DiffusionConfig",
     "BETA_SCHEDULES",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -24,77 +26,216 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,4, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers like 1,2,4, got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastddpm",
-        description="Seed-exact DDPM reference and fast sampler: sample images, and more to come.",
+        description="Seed-exact DDPM reference and fast sampler: train a model, sample images.",
     )
     parser.add_argument("--version", action="version", version=f"fastddpm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     sample = sub.add_parser(
         "sample",
-        help="sample a PNG grid of images",
-        description=(
-            "Sample images with the reference ancestral sampler and write a PNG grid. No trained model "
-            "is bundled yet: this samples from a freshly initialised U-Net, so the images are noise-like."
-        ),
+        help="sample images from a checkpoint (default: the bundled digits model)",
+        description="Sample images with the ancestral DDPM sampler and write a PNG grid (.png) or uint8 "
+        "images (.npz, array 'arr_0' shaped (N, H, W, C), the layout FID tools read).",
     )
-    sample.add_argument("--num", type=_positive_int, default=16, help="number of images (default 16)")
-    sample.add_argument("--image-size", type=_positive_int, default=16, help="height and width (default 16)")
-    sample.add_argument("--channels", type=_positive_int, default=1, help="image channels (default 1)")
-    sample.add_argument("--timesteps", type=_positive_int, default=50, help="diffusion steps T (default 50)")
+    sample.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the bundled digits model)")
+    sample.add_argument("--num", type=_positive_int, default=64, help="number of images (default 64)")
+    sample.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default 64)")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    sample.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    sample.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
+    sample.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    sample.add_argument("--out", default="samples.png", help="output .png grid or .npz array (default samples.png)")
+    sample.add_argument("--image-size", type=_positive_int, help="sample size (default: the training size)")
+    sample.add_argument("--channels", type=_positive_int, help="check the checkpoint has this many channels")
     sample.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sample.set_defaults(func=_cmd_sample)
+
+    train = sub.add_parser(
+        "train",
+        help="train a model on a folder, array, IDX file or the built-in digits",
+        description="Train the reference U-Net (Adam, EMA of the weights) and write checkpoint.safetensors "
+        "(full state, for --resume), model.safetensors (EMA weights, for sampling) and sample grids.",
+    )
+    train.add_argument("--data", help="folder of PNG/JPEG images, .npz/.npy array, *-idx3-ubyte[.gz] file, or 'digits'")
+    train.add_argument("--out-dir", help="output folder (default runs/train; when resuming, the checkpoint's folder)")
+    train.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint.safetensors")
+    g = train.add_argument_group("data and model (fixed by the checkpoint when resuming)")
+    g.add_argument("--image-size", type=_positive_int, help="train resolution (default 28)")
+    g.add_argument("--channels", type=int, choices=(1, 3), help="1 grayscale or 3 RGB (default 1)")
+    g.add_argument("--dim", type=_positive_int, help="U-Net base width (default 28)")
+    g.add_argument("--dim-mults", type=_int_tuple, help="width multipliers per resolution (default 1,2,4)")
+    g.add_argument("--block", choices=("convnext", "resnet"), help="block type (default convnext)")
+    g.add_argument("--resnet-groups", type=_positive_int, help="GroupNorm groups of ResNet blocks (default 8)")
+    g.add_argument("--timesteps", type=_positive_int, help="diffusion steps T (default 200)")
+    g.add_argument("--schedule", choices=("linear", "cosine", "quadratic", "sigmoid"), help="beta schedule (default linear)")
+    o = train.add_argument_group("optimisation")
+    o.add_argument("--loss", choices=("l1", "l2", "huber"), help="loss (default huber, the seed's)")
+    o.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    o.add_argument("--batch-size", type=_positive_int, help="batch size (default 64)")
+    length = o.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=_positive_int, help="total optimisation steps (default 1000)")
+    length.add_argument("--epochs", type=_positive_int, help="total epochs (converted to steps)")
+    o.add_argument("--ema-decay", type=float, help="EMA decay of the sampling weights (default 0.999)")
+    o.add_argument("--seed", type=int, help="random seed (default 0)")
+    o.add_argument("--sample-every", type=_non_negative_int, help="write a sample grid every N steps (default 0: never)")
+    o.add_argument("--save-every", type=_non_negative_int, help="write checkpoints every N steps (default 500)")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.set_defaults(func=_cmd_train)
     return parser
 
 
-def _cmd_sample(args: argparse.Namespace) -> None:
+def _device(name: str):
     import torch
 
-    from .diffusion import GaussianDiffusion
-    from .fileio import save_image_grid
-    from .unet import Unet
-
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise CLIError(f"--out must end in .png, got {args.out!r}")
-    if not out.parent.exists():
-        raise CLIError(f"--out folder {str(out.parent)!r} does not exist")
     try:
-        device = torch.device(args.device)
+        device = torch.device(name)
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as exc:
-        raise CLIError(f"device {args.device!r} is not usable here: {str(exc).splitlines()[0]}") from None
-    if args.timesteps < 2:
-        raise CLIError(f"--timesteps must be at least 2, got {args.timesteps}")
+        raise CLIError(f"device {name!r} is not usable here: {str(exc).splitlines()[0]}") from None
+    return device
+
+
+def _cmd_sample(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .fileio import atomic_path, save_image_grid, to_uint8_images
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".npz"):
+        raise CLIError(f"--out must end in .png (a grid) or .npz (uint8 images), got {args.out!r}")
+    if not out.parent.exists():
+        raise CLIError(f"--out folder {str(out.parent)!r} does not exist")
+    device = _device(args.device)
+    loaded = load_checkpoint(args.checkpoint, device=device)
+    model, diffusion = loaded.model, loaded.diffusion
+    channels = model.config.channels
+    if args.channels is not None and args.channels != channels:
+        raise CLIError(f"--channels {args.channels} does not match the checkpoint, which has channels={channels}")
+    image_size = args.image_size or loaded.image_size
+    if image_size is None:
+        raise CLIError("the checkpoint does not record its image size; pass --image-size")
+    if image_size % model.size_divisor:
+        raise CLIError(f"--image-size {image_size} is not divisible by {model.size_divisor} (this model's dim_mults)")
 
     torch.manual_seed(args.seed)
-    model = Unet(dim=16, channels=args.channels, dim_mults=(1, 2)).to(device).eval()
-    if args.image_size % model.size_divisor:
-        raise CLIError(f"--image-size {args.image_size} is not divisible by {model.size_divisor}")
-    diffusion = GaussianDiffusion(args.timesteps, "linear", device=device)
-    print(
-        "note: no trained model is bundled yet; sampling from a freshly initialised U-Net "
-        "(the images will look like noise)",
-        file=sys.stderr,
-    )
-    images = diffusion.sample(
-        model,
-        image_size=args.image_size,
-        batch_size=args.num,
-        channels=args.channels,
-        return_all_timesteps=False,
-        progress=not args.no_progress,
-    )
-    save_image_grid(images, out, scale=4)
-    print(f"wrote {args.num} samples to {out}")
+    batches = []
+    remaining = args.num
+    num_batches = math.ceil(args.num / args.batch_size)
+    for index in range(num_batches):
+        n = min(args.batch_size, remaining)
+        remaining -= n
+        if not args.no_progress and num_batches > 1:
+            print(f"batch {index + 1}/{num_batches}", file=sys.stderr)
+        batches.append(
+            diffusion.sample(
+                model, image_size=image_size, batch_size=n, channels=channels,
+                return_all_timesteps=False, progress=not args.no_progress,
+            ).cpu()
+        )
+    images = torch.cat(batches)
+    if out.suffix.lower() == ".png":
+        save_image_grid(images, out, scale=max(1, 64 // image_size))
+    else:
+        with atomic_path(out) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, arr_0=to_uint8_images(images))
+    print(f"wrote {args.num} samples ({image_size}x{image_size}, {channels} channel(s)) to {out}")
+
+
+_TRAIN_DEFAULTS = dict(image_size=28, channels=1, dim=28, dim_mults=(1, 2, 4), block="convnext", resnet_groups=8,
+                       timesteps=200, schedule="linear", loss="huber", lr=1e-3, batch_size=64, steps=1000,
+                       ema_decay=0.999, seed=0, sample_every=0, save_every=500)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .data import load_dataset
+    from .diffusion import DiffusionConfig
+    from .train import TrainConfig, Trainer, read_train_config
+    from .unet import UnetConfig
+
+    if args.resume:
+        config = read_train_config(args.resume)
+        recorded = {"image_size": config.image_size, "channels": config.channels, "dim": config.model.dim,
+                    "dim_mults": config.model.dim_mults, "block": "convnext" if config.model.use_convnext else "resnet",
+                    "resnet_groups": config.model.resnet_block_groups, "timesteps": config.diffusion.timesteps,
+                    "schedule": config.diffusion.beta_schedule, "loss": config.loss, "lr": config.lr,
+                    "batch_size": config.batch_size, "ema_decay": config.ema_decay, "seed": config.seed}
+        for name, value in recorded.items():
+            given = getattr(args, name)
+            if given is not None and given != value:
+                flag = "--" + name.replace("_", "-")
+                raise CLIError(f"{flag} {given} does not match the checkpoint, which has {name}={value}")
+        data = load_dataset(args.data or config.data, config.image_size, config.channels)
+        steps = args.steps
+        if args.epochs is not None:
+            steps = args.epochs * max(1, data.shape[0] // min(config.batch_size, data.shape[0]))
+        out_dir = Path(args.out_dir) if args.out_dir else Path(args.resume).parent
+        trainer = Trainer.resume(args.resume, out_dir, steps=steps, data=data)
+        schedule_overrides = {k: getattr(args, k) for k in ("sample_every", "save_every") if getattr(args, k) is not None}
+        trainer.config = dataclasses.replace(trainer.config, **schedule_overrides)
+    else:
+        if not args.data:
+            raise CLIError("--data is required (a folder, .npz/.npy, IDX file or 'digits') unless --resume is given")
+        opts = {k: (getattr(args, k) if getattr(args, k, None) is not None else v) for k, v in _TRAIN_DEFAULTS.items()}
+        data = load_dataset(args.data, opts["image_size"], opts["channels"])
+        steps = opts["steps"]
+        if args.epochs is not None:
+            steps = args.epochs * max(1, data.shape[0] // min(opts["batch_size"], data.shape[0]))
+        try:
+            model = UnetConfig(dim=opts["dim"], channels=opts["channels"], dim_mults=opts["dim_mults"],
+                               use_convnext=opts["block"] == "convnext", resnet_block_groups=opts["resnet_groups"])
+            from .unet import _check_config
+
+            _check_config(model)
+            config = TrainConfig(
+                data=str(args.data), image_size=opts["image_size"], channels=opts["channels"], model=model,
+                diffusion=DiffusionConfig(opts["timesteps"], opts["schedule"]), loss=opts["loss"], lr=opts["lr"],
+                batch_size=opts["batch_size"], steps=steps, ema_decay=opts["ema_decay"], seed=opts["seed"],
+                sample_every=opts["sample_every"], save_every=opts["save_every"],
+            )
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        trainer = Trainer(config, args.out_dir or "runs/train", data=data)
+    print(f"training on {trainer.data.shape[0]} images {tuple(trainer.data.shape[1:])} for "
+          f"{trainer.config.steps} steps (from step {trainer.step}) into {trainer.out_dir}", file=sys.stderr)
+    try:
+        trainer.run(progress=not args.no_progress)
+    except KeyboardInterrupt:
+        trainer.save()
+        print(f"interrupted at step {trainer.step}; saved {trainer.out_dir / 'checkpoint.safetensors'}", file=sys.stderr)
+        raise
+    loss = trainer.final_loss()
+    print(f"done: step {trainer.step}, final loss {loss:.4f} (mean of the last {len(trainer.recent_losses)} steps); "
+          f"model in {trainer.out_dir / 'model.safetensors'}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .data import DataError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -102,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         args.func(args)
-    except CLIError as exc:
+    except (CLIError, CheckpointError, DataError) as exc:
         print(f"fastddpm: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

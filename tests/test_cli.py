@@ -1,4 +1,4 @@
-"""The command line: --help/--version, the sample command's output, and one-line errors with exit 2."""
+"""The command line: --help/--version, sample and train end to end, and one-line errors with exit 2."""
 
 import subprocess
 import sys
@@ -13,8 +13,15 @@ from fastddpm.cli import main
 
 def run_cli(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "fastddpm", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+        [sys.executable, "-m", "fastddpm", *args], capture_output=True, text=True, cwd=cwd, timeout=600
     )
+
+
+def assert_one_line_error(result, message):
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and message in error_lines[0], result.stderr
 
 
 def test_version_and_help(capsys):
@@ -22,37 +29,85 @@ def test_version_and_help(capsys):
         main(["--version"])
     assert exc.value.code == 0
     assert fastddpm.__version__ in capsys.readouterr().out
-    with pytest.raises(SystemExit) as exc:
-        main(["--help"])
-    assert exc.value.code == 0
-    assert "sample" in capsys.readouterr().out
+    for argv in (["--help"], ["train", "--help"], ["sample", "--help"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 0
+    assert "--checkpoint" in capsys.readouterr().out
 
 
-def test_sample_writes_png_grid(tmp_path):
-    out = tmp_path / "grid.png"
-    result = run_cli("sample", "--num", "4", "--image-size", "8", "--timesteps", "3", "--out", str(out), "--no-progress")
+def test_sample_bundled_model_png_and_npz(tmp_path):
+    result = run_cli("sample", "--num", "3", "--batch-size", "2", "--out", str(tmp_path / "grid.png"), "--no-progress")
     assert result.returncode == 0, result.stderr
-    image = np.asarray(Image.open(out))
-    # 2×2 grid of 8×8 images with 2-pixel padding, enlarged 4×: (2·(8+2)+2)·4 = 88 pixels a side.
-    assert image.shape == (88, 88)
-    assert image.std() > 0
-    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no temporary file left behind
+    grid = np.asarray(Image.open(tmp_path / "grid.png"))
+    # 2×2 grid of 16×16 samples with 2-pixel padding, enlarged 4×: (2·(16+2)+2)·4 = 152 pixels a side.
+    assert grid.shape == (152, 152)
+    result = run_cli("sample", "--num", "3", "--batch-size", "2", "--out", str(tmp_path / "s.npz"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "s.npz") as archive:
+        images = archive["arr_0"]
+    assert images.shape == (3, 16, 16, 1) and images.dtype == np.uint8
+    # Same seed, same images: the PNG grid's first tile is the first array image.
+    first_tile = np.asarray(Image.open(tmp_path / "grid.png").resize((38, 38), Image.NEAREST))[2:18, 2:18]
+    np.testing.assert_array_equal(first_tile, images[0, :, :, 0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "s.npz"]  # no temporary files left
+
+
+def test_train_then_sample_then_resume(tmp_path):
+    data = (np.random.default_rng(0).random((12, 8, 8)) * 255).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", data)
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tmp_path / "d.npz"), "--image-size", "8", "--dim", "8", "--dim-mults", "1,2",
+            "--timesteps", "5", "--batch-size", "4", "--steps", "2", "--out-dir", str(out), "--no-progress"]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert "final loss" in result.stdout
+    result = run_cli("sample", "--checkpoint", str(out / "model.safetensors"), "--num", "2", "--out",
+                     str(tmp_path / "x.png"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    result = run_cli("train", "--resume", str(out / "checkpoint.safetensors"), "--epochs", "2", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "from step 2" in result.stderr and "step 6," in result.stdout  # 2 epochs of 12 // 4 = 3 steps
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    np.save(root / "d.npy", np.zeros((4, 8, 8), np.uint8))
+    result = run_cli("train", "--data", str(root / "d.npy"), "--image-size", "8", "--dim", "8", "--dim-mults", "1,2",
+                     "--timesteps", "3", "--batch-size", "2", "--steps", "1", "--out-dir", str(root / "run"),
+                     "--no-progress")
+    assert result.returncode == 0, result.stderr
+    return root
 
 
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--out", "x.jpg"], "must end in .png"),
-        (["--out", "no/such/folder/x.png"], "does not exist"),
-        (["--image-size", "9"], "not divisible by 2"),
-        (["--num", "0"], "positive integer"),
-        (["--device", "nonsense"], "device 'nonsense'"),
+        (["sample", "--out", "x.jpg"], "must end in .png"),
+        (["sample", "--out", "no/such/folder/x.png"], "does not exist"),
+        (["sample", "--image-size", "9"], "not divisible by 4"),
+        (["sample", "--num", "0"], "positive integer"),
+        (["sample", "--device", "nonsense"], "device 'nonsense'"),
+        (["sample", "--channels", "3"], "--channels 3 does not match the checkpoint, which has channels=1"),
+        (["sample", "--checkpoint", "missing.safetensors"], "missing.safetensors: no such checkpoint file"),
+        (["sample", "--checkpoint", "{root}/corrupt.safetensors"], "corrupt.safetensors: not a readable safetensors file"),
+        (["train", "--data", "missing.npz"], "missing.npz: no such file or folder"),
+        (["train", "--data", "{root}/notes.txt"], "unknown data format"),
+        (["train", "--data", "{root}/d.npy", "--image-size", "10"], "image size 10 is not divisible by 4"),
+        (["train", "--data", "{root}/d.npy", "--channels", "3"], "grayscale (1 channel) but --channels is 3"),
+        (["train", "--resume", "{root}/run/checkpoint.safetensors", "--channels", "3"],
+         "--channels 3 does not match the checkpoint, which has channels=1"),
+        (["train", "--resume", "{root}/run/model.safetensors"], "model.safetensors: a 'model' checkpoint has no training state"),
+        (["train", "--resume", "{root}/corrupt.safetensors"], "corrupt.safetensors: not a readable safetensors file"),
+        (["train"], "--data is required"),
     ],
 )
-def test_sample_bad_input_one_line_exit_2(tmp_path, args, message):
-    result = run_cli("sample", "--timesteps", "2", "--no-progress", *args, cwd=tmp_path)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    error_lines = [line for line in result.stderr.splitlines() if "error" in line]
-    assert len(error_lines) == 1 and message in error_lines[0], result.stderr
-    assert list(tmp_path.iterdir()) == []  # nothing written
+def test_bad_input_one_line_exit_2(small_run, tmp_path, args, message):
+    (small_run / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    (small_run / "notes.txt").write_text("hello")
+    before = sorted(p.name for p in small_run.rglob("*"))
+    result = run_cli(*[a.format(root=small_run) for a in args], cwd=tmp_path)
+    assert_one_line_error(result, message)
+    assert list(tmp_path.iterdir()) == []  # nothing written where it ran
+    assert sorted(p.name for p in small_run.rglob("*")) == before  # nothing changed beside the inputs

@@ -1,0 +1,278 @@
+"""Training: Adam on the ε-prediction loss, an EMA of the weights for sampling, exact resume.
+
+All randomness (batch order, timesteps, noise) comes from torch's global generator seeded by
+``TrainConfig.seed``; its state is saved in every checkpoint, so a resumed run continues exactly as an
+uninterrupted one would. Sample grids are drawn under ``torch.random.fork_rng`` so they do not disturb
+the training stream.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from .data import load_dataset
+from .diffusion import LOSS_TYPES, DiffusionConfig, GaussianDiffusion
+from .fileio import save_image_grid
+from .unet import Unet, UnetConfig
+
+__all__ = ["TrainConfig", "Trainer", "train", "read_train_config"]
+
+CHECKPOINT_NAME = "checkpoint.safetensors"  # full training state, for --resume
+MODEL_NAME = "model.safetensors"  # EMA weights + configs, for sampling
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run is built from; frozen, with a JSON round-trip (stored in checkpoints)."""
+
+    data: str
+    image_size: int = 28
+    channels: int = 1
+    model: UnetConfig | None = None  # default: Unet(dim=28, channels, dim_mults=(1, 2, 4))
+    diffusion: DiffusionConfig = DiffusionConfig()
+    loss: str = "huber"  # the seed's training loss
+    lr: float = 1e-3  # the seed's Adam learning rate
+    batch_size: int = 64
+    steps: int = 1000
+    ema_decay: float = 0.999
+    seed: int = 0
+    sample_every: int = 0  # 0: never
+    save_every: int = 500
+    grid_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.model is None:
+            object.__setattr__(self, "model", UnetConfig(dim=28, channels=self.channels, dim_mults=(1, 2, 4)))
+        if self.loss not in LOSS_TYPES:
+            raise ValueError(f"unknown loss {self.loss!r}; expected one of {sorted(LOSS_TYPES)}")
+        if self.model.channels != self.channels:
+            raise ValueError(f"model channels={self.model.channels} but data channels={self.channels}")
+        for name in ("image_size", "batch_size", "steps", "grid_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        divisor = 2 ** (len(self.model.dim_mults) - 1)
+        if self.image_size % divisor:
+            raise ValueError(
+                f"image size {self.image_size} is not divisible by {divisor} (2**(len(dim_mults)-1) for "
+                f"dim_mults={self.model.dim_mults})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model"] = self.model.to_dict()
+        d["diffusion"] = self.diffusion.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}")
+        if d.get("model") is not None:
+            d["model"] = UnetConfig.from_dict(d["model"])
+        if d.get("diffusion") is not None:
+            d["diffusion"] = DiffusionConfig.from_dict(d["diffusion"])
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        return cls.from_dict(json.loads(text))
+
+
+class Trainer:
+    """Holds the model, its EMA, the optimizer, the data order and the step; ``run`` trains to ``steps``."""
+
+    def __init__(self, config: TrainConfig, out_dir: str | os.PathLike, *, data: torch.Tensor | None = None):
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.data = data if data is not None else load_dataset(config.data, config.image_size, config.channels)
+        torch.manual_seed(config.seed)
+        self.model = Unet.from_config(config.model)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.diffusion = GaussianDiffusion.from_config(config.diffusion)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.step = 0
+        self.batch = min(config.batch_size, self.data.shape[0])
+        self.perm = torch.randperm(self.data.shape[0])
+        self.pos = 0
+        self.recent_losses: list[float] = []
+
+    # -- one optimisation step ---------------------------------------------------------------------
+    def _next_batch(self) -> torch.Tensor:
+        if self.pos + self.batch > self.perm.numel():  # a new epoch: reshuffle, drop the ragged tail
+            self.perm = torch.randperm(self.data.shape[0])
+            self.pos = 0
+        idx = self.perm[self.pos : self.pos + self.batch]
+        self.pos += self.batch
+        return self.data[idx]
+
+    def train_step(self) -> float:
+        self.model.train()
+        x0 = self._next_batch()
+        t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],)).long()
+        loss = self.diffusion.p_losses(self.model, x0, t, loss_type=self.config.loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        self._update_ema()
+        value = loss.item()
+        self.recent_losses = (self.recent_losses + [value])[-100:]
+        return value
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # Warm-up: the decay grows with the step so early weights are not frozen in (Tarvainen & Valpola).
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        for ema_p, p in zip(self.ema.parameters(), self.model.parameters()):
+            ema_p.lerp_(p, 1.0 - decay)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self, *, progress: bool = True, on_step: Callable[["Trainer", float], None] | None = None) -> None:
+        cfg = self.config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="training", disable=not progress, dynamic_ncols=True)
+        running = None
+        try:
+            while self.step < cfg.steps:
+                loss = self.train_step()
+                running = loss if running is None else 0.98 * running + 0.02 * loss
+                bar.update(1)
+                bar.set_postfix(loss=f"{running:.4f}")
+                if on_step is not None:
+                    on_step(self, loss)
+                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self.save_grid(self.out_dir / f"samples-{self.step:06d}.png")
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                    self.save()
+        finally:
+            bar.close()
+        self.save()
+
+    @torch.no_grad()
+    def save_grid(self, path: Path) -> None:
+        with torch.random.fork_rng():
+            torch.manual_seed(self.config.seed)
+            images = self.diffusion.sample(
+                self.ema,
+                image_size=self.config.image_size,
+                batch_size=self.config.grid_size,
+                channels=self.config.channels,
+                return_all_timesteps=False,
+                progress=False,
+            )
+        save_image_grid(images, path, scale=max(1, 64 // self.config.image_size))
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def final_loss(self) -> float | None:
+        return sum(self.recent_losses) / len(self.recent_losses) if self.recent_losses else None
+
+    def save(self) -> None:
+        """Write the training checkpoint and the EMA model file, each atomically."""
+        meta = self._meta()
+        tensors: dict[str, torch.Tensor] = {}
+        tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
+        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        for i, p in enumerate(self.model.parameters()):
+            for name, value in self.optimizer.state.get(p, {}).items():
+                tensors[f"optim.{i}.{name}"] = torch.as_tensor(value)
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["data.perm"] = self.perm
+        write_checkpoint(self.out_dir / CHECKPOINT_NAME, tensors, {**meta, "kind": "training"})
+        model_meta = {**meta, "kind": "model"}
+        write_checkpoint(self.out_dir / MODEL_NAME, {f"model.{k}": v for k, v in self.ema.state_dict().items()}, model_meta)
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "model": self.config.model.to_dict(),
+            "diffusion": self.config.diffusion.to_dict(),
+            "image_size": self.config.image_size,
+            "training": {
+                "config": self.config.to_dict(),
+                "step": self.step,
+                "pos": self.pos,
+                "final_loss": self.final_loss(),
+                "recent_losses": self.recent_losses,
+                "torch_version": torch.__version__,
+            },
+        }
+
+    @classmethod
+    def resume(
+        cls, checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, steps: int | None = None,
+        data: torch.Tensor | None = None,
+    ) -> "Trainer":
+        """Rebuild a trainer from a training checkpoint; ``steps`` raises the target step count."""
+        path = Path(checkpoint)
+        tensors, meta = read_checkpoint(path)
+        config = _training_config(path, meta)
+        training = meta["training"]
+        if steps is not None:
+            config = dataclasses.replace(config, steps=steps)
+        trainer = cls(config, out_dir if out_dir is not None else path.parent, data=data)
+        model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        ema_sd = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        try:
+            trainer.model.load_state_dict(model_sd, strict=True)
+            trainer.ema.load_state_dict(ema_sd, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: weights do not fit the recorded config ({str(exc).splitlines()[0]})") from None
+        params = list(trainer.model.parameters())
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        if state:
+            if max(state) >= len(params):
+                raise CheckpointError(f"{path}: optimizer state for parameter {max(state)} but the model has {len(params)}")
+            trainer.optimizer.load_state_dict({"state": state, "param_groups": trainer.optimizer.state_dict()["param_groups"]})
+        trainer.step = int(training["step"])
+        trainer.pos = int(training["pos"])
+        trainer.perm = tensors["data.perm"].long()
+        if trainer.perm.numel() != trainer.data.shape[0]:
+            raise CheckpointError(
+                f"{path}: the run trained on {trainer.perm.numel()} images but the data now has {trainer.data.shape[0]}"
+            )
+        trainer.recent_losses = list(training.get("recent_losses") or [])
+        torch.set_rng_state(tensors["rng.torch"])
+        return trainer
+
+
+def read_train_config(checkpoint: str | os.PathLike) -> TrainConfig:
+    """The :class:`TrainConfig` recorded in a training checkpoint (CheckpointError if it has none)."""
+    path = Path(checkpoint)
+    _, meta = read_checkpoint(path)
+    return _training_config(path, meta)
+
+
+def _training_config(path: Path, meta: dict[str, Any]) -> TrainConfig:
+    if meta.get("kind") != "training":
+        raise CheckpointError(f"{path}: a {meta.get('kind')!r} checkpoint has no training state; resume from {CHECKPOINT_NAME}")
+    try:
+        return TrainConfig.from_dict(meta["training"]["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: bad training config ({exc})") from None
+
+
+def train(config: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = True) -> Trainer:
+    """Train from scratch per ``config``, writing checkpoints, the EMA model and grids into ``out_dir``."""
+    trainer = Trainer(config, out_dir)
+    trainer.run(progress=progress)
+    return trainer

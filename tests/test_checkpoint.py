@@ -1,0 +1,128 @@
+"""Checkpoints: save → load bit-exact, seed-style state_dicts, clear errors, atomic writes, no unpickling."""
+
+import pytest
+import torch
+
+import fastddpm
+import fastddpm.checkpoint as ckpt
+from fastddpm import DiffusionConfig, GaussianDiffusion, Unet, UnetConfig
+from fastddpm.checkpoint import CheckpointError, load, load_checkpoint, read_checkpoint, save
+
+CFG = dict(dim=8, channels=1, dim_mults=(1, 2))
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return Unet(**CFG)
+
+
+def test_save_load_bit_exact(tmp_path, model):
+    diffusion = GaussianDiffusion(37, "cosine")
+    save(tmp_path / "m.safetensors", model, diffusion, image_size=8, extra={"note": "test"})
+    loaded = load_checkpoint(tmp_path / "m.safetensors")
+    assert loaded.image_size == 8 and loaded.meta["training"] == {"note": "test"}
+    assert loaded.model.config == model.config
+    assert loaded.diffusion.config == diffusion.config
+    reference = model.state_dict()
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value, reference[key]), key
+    for table in GaussianDiffusion.TABLES:
+        assert torch.equal(getattr(loaded.diffusion, table), getattr(diffusion, table))
+    assert fastddpm.load is load  # exported at the top level
+    m2, d2 = fastddpm.load(tmp_path / "m.safetensors")
+    assert not m2.training and d2.num_timesteps == 37
+
+
+def test_seed_style_state_dict_file(tmp_path, model):
+    torch.save(model.state_dict(), tmp_path / "seed.pt")
+    loaded, diffusion = load(tmp_path / "seed.pt", model_config=UnetConfig(**CFG))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    assert diffusion.config == DiffusionConfig()  # the seed's T=200 linear unless told otherwise
+    _, diffusion = load(tmp_path / "seed.pt", model_config=CFG, diffusion_config=DiffusionConfig(50, "sigmoid"))
+    assert diffusion.num_timesteps == 50
+    with pytest.raises(CheckpointError, match=r"seed.pt: a plain state_dict file carries no config"):
+        load(tmp_path / "seed.pt")
+
+
+def test_pickled_object_is_never_unpickled(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    torch.save({"init_conv.weight": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match=r"evil.pt: cannot be read as a weights-only state_dict"):
+        load(tmp_path / "evil.pt", model_config=CFG)
+
+
+def test_mismatches_name_file_and_key(tmp_path, model):
+    state = model.state_dict()
+    state["init_conv.weight"] = torch.zeros(3, 1, 7, 7)
+    torch.save(state, tmp_path / "shape.pt")
+    with pytest.raises(CheckpointError, match=r"shape.pt: key 'init_conv.weight' has shape \(3, 1, 7, 7\).*expects \(4, 1, 7, 7\)"):
+        load(tmp_path / "shape.pt", model_config=CFG)
+    state = model.state_dict()
+    del state["final_conv.1.bias"]
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "keys.pt")
+    with pytest.raises(CheckpointError, match=r"keys.pt: .*missing key 'final_conv.1.bias'; unexpected key 'extra.weight'"):
+        load(tmp_path / "keys.pt", model_config=CFG)
+
+
+def test_corrupt_and_foreign_files(tmp_path, model):
+    save(tmp_path / "good.safetensors", model, GaussianDiffusion(10))
+    raw = (tmp_path / "good.safetensors").read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match="truncated.safetensors: not a readable safetensors file"):
+        load(tmp_path / "truncated.safetensors")
+    (tmp_path / "garbage.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="garbage.safetensors"):
+        load(tmp_path / "garbage.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(CheckpointError, match="foreign.safetensors: safetensors file without fastddpm metadata"):
+        load(tmp_path / "foreign.safetensors")
+    with pytest.raises(CheckpointError, match="missing.safetensors: no such checkpoint file"):
+        load(tmp_path / "missing.safetensors")
+    with pytest.raises(CheckpointError, match=r"good.safetensors: key .init_conv.weight. has shape \(4, 1, 7, 7\).*expects \(4, 3, 7, 7\)"):
+        load(tmp_path / "good.safetensors", model_config=UnetConfig(dim=8, channels=3, dim_mults=(1, 2)))
+
+
+def test_crash_during_save_keeps_last_good_checkpoint(tmp_path, model, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    save(path, model, GaussianDiffusion(10))
+    before = path.read_bytes()
+
+    def crashing_save_file(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a checkp")
+        raise OSError("disk full")
+
+    import safetensors.torch
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crashing_save_file)
+    with pytest.raises(OSError, match="disk full"):
+        save(path, Unet(**CFG), GaussianDiffusion(10))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary file left behind
+
+
+def test_bundled_model_loads():
+    if not ckpt.bundled_model_path().is_file():
+        pytest.fail(f"the bundled model is missing: {ckpt.bundled_model_path()}")
+    tensors, meta = read_checkpoint(ckpt.bundled_model_path())
+    model, diffusion = load()
+    assert model.config.channels == 1 and meta["image_size"] == 16
+    assert ckpt.bundled_model_path().stat().st_size <= 8 * 1024 * 1024
+
+
+def test_written_files_get_ordinary_permissions(tmp_path, model):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        save(tmp_path / "m.safetensors", model, GaussianDiffusion(10))
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644
