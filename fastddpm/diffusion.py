@@ -169,6 +169,7 @@ class GaussianDiffusion:
         self.sqrt_one_minus_alphas_cumprod = torch.sqrt(1.0 - self.alphas_cumprod)
         self.posterior_variance = self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.device = torch.device("cpu")
+        self._ddpm_step_table: torch.Tensor | None = None
         self._to(torch.device(device))
 
     @classmethod
@@ -185,6 +186,16 @@ class GaussianDiffusion:
         for name in self.TABLES:
             setattr(self, name, getattr(self, name).to(device))
         self.device = device
+
+    def ddpm_step_table(self) -> torch.Tensor:
+        """float32 (4, T) on the tables' device, rows √(1/α_t), β_t, √(1−ᾱ_t), σ_t = √(posterior variance):
+        the coefficients the fused ancestral update (``fastddpm.kernels.ddpm_step``) gathers per sample."""
+        table = self._ddpm_step_table
+        if table is None or table.device != self.device:
+            rows = (self.sqrt_recip_alphas, self.betas, self.sqrt_one_minus_alphas_cumprod, self.posterior_variance.sqrt())
+            table = torch.stack(rows).to(torch.float32).contiguous()
+            self._ddpm_step_table = table
+        return table
 
     def to(self, device: torch.device | str) -> "GaussianDiffusion":
         """Move the tables to ``device`` (in place; returns self, like ``nn.Module.to``)."""

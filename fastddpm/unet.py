@@ -30,6 +30,7 @@ __all__ = [
     "Residual",
     "Downsample",
     "Upsample",
+    "set_linear_attention_kernel",
 ]
 
 
@@ -201,9 +202,12 @@ class Attention(nn.Module):
 class LinearAttention(nn.Module):
     """Linear attention: q softmaxed over the head dim, k over positions; O(n·d²) instead of O(n²·d).
 
-    ``impl`` selects the implementation of the core (everything between ``to_qkv`` and ``to_out``):
-    "torch" is the reference arithmetic below; fused kernels register further names later.
+    ``kernel`` selects the implementation of the core (everything between ``to_qkv`` and ``to_out``):
+    None (the default) runs the reference arithmetic below; "auto", "triton" or "torch" run the fused op
+    ``fastddpm.kernels.linear_attention`` with that dispatch (see :func:`set_linear_attention_kernel`).
     """
+
+    kernel: str | None = None
 
     def __init__(self, dim: int, heads: int = 4, dim_head: int = 32):
         super().__init__()
@@ -216,6 +220,10 @@ class LinearAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
+        if self.kernel is not None:
+            from .kernels import linear_attention
+
+            return self.to_out(linear_attention(self.to_qkv(x), self.heads, self.scale, impl=self.kernel))
         q, k, v = (t.reshape(b, self.heads, -1, h * w) for t in self.to_qkv(x).chunk(3, dim=1))
         q = q.softmax(dim=-2)
         k = k.softmax(dim=-1)
@@ -369,6 +377,17 @@ class Unet(nn.Module):
             x = upsample(x)
 
         return self.final_conv(x)
+
+
+def set_linear_attention_kernel(model: nn.Module, kernel: str | None) -> nn.Module:
+    """Route every :class:`LinearAttention` in ``model`` through the fused op with dispatch ``kernel``
+    ("auto", "triton", "torch"), or back to the reference arithmetic with None. Returns ``model``."""
+    if kernel is not None and kernel not in ("auto", "triton", "torch"):
+        raise ValueError(f"kernel must be None, 'auto', 'triton' or 'torch', got {kernel!r}")
+    for module in model.modules():
+        if isinstance(module, LinearAttention):
+            module.kernel = kernel
+    return model
 
 
 def _check_config(cfg: UnetConfig) -> None:

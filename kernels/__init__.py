@@ -1,4 +1,24 @@
 """Triton kernels, installed as ``fastddpm.kernels`` (the top-level name ``kernels`` is another PyPI project's).
 
-Each fused op will sit beside its pure-torch twin with the same signature. Empty until the kernels land.
+Each op is a folder: ``fused.py`` (the Triton kernel and its launcher), ``naive.py`` (the pure-torch twin,
+same signature) and ``__init__.py`` (the public op: guards, dispatch, ``torch.library`` registration with a
+fake implementation so ``torch.compile`` can trace it). Triton is imported only when a kernel runs.
 """
+
+from ._dispatch import ENV_VAR, IMPLS, interpreting, resolve_impl, triton_available
+from .ddpm_step import ddpm_step
+from .linear_attention import linear_attention
+from .noise import randn_philox
+from .q_sample import q_sample
+
+__all__ = [
+    "q_sample",
+    "ddpm_step",
+    "linear_attention",
+    "randn_philox",
+    "resolve_impl",
+    "triton_available",
+    "interpreting",
+    "IMPLS",
+    "ENV_VAR",
+]

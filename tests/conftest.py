@@ -1,5 +1,15 @@
 """Shared test configuration. ``seed_reference`` (the seed's code, transcribed) is the oracle."""
 
+import os
+
+import torch
+
+# Without CUDA, Triton kernels run on CPU tensors through the Triton interpreter. The switch is read
+# when a kernel is decorated, so it is set here, before any test imports fastddpm.kernels' kernels.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 # Small U-Net configurations covering both block types, time embedding on and off, custom init/out
 # widths, and two or three resolutions. Each is built by the library and by the seed oracle.
 UNET_CONFIGS = {

@@ -1,0 +1,54 @@
+"""Which implementation an op runs: the Triton kernel or its pure-torch twin.
+
+``impl`` may be "auto" (Triton for CUDA tensors when Triton imports; torch otherwise), "triton" or
+"torch". The environment variable ``FASTDDPM_KERNELS`` sets the default for every op (same values).
+With ``TRITON_INTERPRET=1`` set before Triton is imported, "triton" also runs on CPU tensors, through
+the Triton interpreter: that is how the CPU test suite proves the kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+__all__ = ["IMPLS", "ENV_VAR", "resolve_impl", "triton_available", "interpreting"]
+
+IMPLS = ("auto", "triton", "torch")
+ENV_VAR = "FASTDDPM_KERNELS"
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # ImportError, or a broken install raising at import
+        return False
+    return True
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def resolve_impl(impl: str | None, *tensors: torch.Tensor) -> str:
+    """Turn ``impl`` (or the environment default) into "triton" or "torch" for these tensors."""
+    choice = impl if impl is not None else os.environ.get(ENV_VAR, "auto")
+    if choice not in IMPLS:
+        source = "impl" if impl is not None else ENV_VAR
+        raise ValueError(f"{source} must be one of {IMPLS}, got {choice!r}")
+    on_cuda = all(t.is_cuda for t in tensors if t is not None)
+    if choice == "torch":
+        return "torch"
+    runnable = triton_available() and (on_cuda or interpreting())
+    if choice == "auto":
+        return "triton" if runnable and on_cuda else "torch"
+    if not runnable:
+        why = "Triton does not import" if not triton_available() else "the tensors are not on a CUDA device"
+        raise RuntimeError(
+            f"impl='triton' cannot run here: {why} (set TRITON_INTERPRET=1 before importing triton to "
+            "interpret kernels on CPU, or use impl='torch')"
+        )
+    return "triton"

@@ -1,0 +1,61 @@
+"""Fused ancestral DDPM update: the public op, dispatching to the Triton kernel or the torch twin."""
+
+from __future__ import annotations
+
+import torch
+
+from .._dispatch import resolve_impl
+from . import naive
+
+__all__ = ["ddpm_step"]
+
+
+@torch.library.custom_op("fastddpm::ddpm_step", mutates_args=())
+def _ddpm_step_op(
+    x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, table: torch.Tensor, noise: torch.Tensor | None,
+    seeds: torch.Tensor | None, impl: str,
+) -> torch.Tensor:
+    if impl == "triton":
+        from .fused import ddpm_step_triton
+
+        return ddpm_step_triton(x, eps, t, table, noise, seeds)
+    return naive.ddpm_step(x, eps, t, table, noise, seeds)
+
+
+@_ddpm_step_op.register_fake
+def _(x, eps, t, table, noise, seeds, impl):
+    return torch.empty_like(x)
+
+
+def ddpm_step(
+    x: torch.Tensor,
+    eps: torch.Tensor,
+    t: torch.Tensor,
+    table: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    seeds: torch.Tensor | None = None,
+    *,
+    impl: str | None = None,
+) -> torch.Tensor:
+    """One ancestral step x_t → x_{t−1} given ε̂ = model(x_t, t), computed in float32, in x's dtype.
+
+    ``table``: float32 (4, T) rows √(1/α), β, √(1−ᾱ), σ = √(posterior variance) (build it with
+    ``GaussianDiffusion.ddpm_step_table()``). Noise: ``noise`` (same shape as x; results then match
+    ``GaussianDiffusion.p_sample`` given that noise), or ``seeds`` (int64 (B,)) for counter-based noise
+    keyed by (seed, t, element). Steps with t = 0 add no noise.
+    """
+    if (noise is None) == (seeds is None):
+        raise ValueError("pass exactly one noise source: noise=<tensor like x> or seeds=<int64 (B,)>")
+    if eps.shape != x.shape or (noise is not None and noise.shape != x.shape):
+        raise ValueError(f"eps and noise must have x's shape {tuple(x.shape)}")
+    if t.ndim != 1 or t.shape[0] != x.shape[0] or t.is_floating_point():
+        raise ValueError(f"t must be integer step indices shaped ({x.shape[0]},), got {t.dtype} {tuple(t.shape)}")
+    if table.ndim != 2 or table.shape[0] != 4 or table.dtype != torch.float32 or table.device != x.device:
+        raise ValueError(f"table must be float32 (4, T) on {x.device}, got {table.dtype} {tuple(table.shape)} on {table.device}")
+    if seeds is not None and (seeds.dtype != torch.int64 or seeds.shape != (x.shape[0],)):
+        raise ValueError(f"seeds must be int64 shaped ({x.shape[0]},), got {seeds.dtype} {tuple(seeds.shape)}")
+    return _ddpm_step_op(
+        x.contiguous(), eps.contiguous(), t.contiguous(), table.contiguous(),
+        None if noise is None else noise.contiguous(), None if seeds is None else seeds.contiguous(),
+        resolve_impl(impl, x),
+    )
