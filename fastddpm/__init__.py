@@ -12,12 +12,14 @@ from .diffusion import (
     sigmoid_beta_schedule,
 )
 from .checkpoint import CheckpointError, load, save
+from .sampler import Sampler
 from .unet import Unet, UnetConfig
 
 __all__ = [
     "__version__",
     "Unet",
     "UnetConfig",
+    "Sampler",
     "save",
     "load",
     "CheckpointError",

@@ -8,7 +8,6 @@ the Triton interpreter: that is how the CPU test suite proves the kernels.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -19,14 +18,20 @@ IMPLS = ("auto", "triton", "torch")
 ENV_VAR = "FASTDDPM_KERNELS"
 
 
-@functools.lru_cache(maxsize=None)
+_TRITON_AVAILABLE: bool | None = None  # cached by hand: torch.compile traces through lru_cache wrappers
+
+
 def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception:  # ImportError, or a broken install raising at import
-        return False
-    return True
+    global _TRITON_AVAILABLE
+    if _TRITON_AVAILABLE is None:
+        try:
+            import triton  # noqa: F401
+            import triton.language  # noqa: F401
+
+            _TRITON_AVAILABLE = True
+        except Exception:  # ImportError, or a broken install raising at import
+            _TRITON_AVAILABLE = False
+    return _TRITON_AVAILABLE
 
 
 def interpreting() -> bool:

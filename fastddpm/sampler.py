@@ -1,0 +1,293 @@
+"""The fast sampler: a graph-safe ancestral loop with eager, compiled and CUDA-graph backends.
+
+Graph-safe means: the schedule tables live on the model's device; the loop never calls ``.item()``,
+``.cpu()`` or branches in Python on a tensor value (t = 0 is a mask inside the fused update); the
+per-step timestep tensors are views into one buffer allocated per call; the trajectory is kept only
+when asked, on the device, and copied to the host once at the end.
+
+``noise="torch"`` draws the reference's random numbers in the reference's order (one ``randn`` for x_T,
+one per step for t = T−1 … 1, drawn after the model call), so in float32 the result equals
+``GaussianDiffusion.p_sample_loop`` under the same ``torch.manual_seed``. ``noise="philox"`` keys every
+sample's noise by its own seed (counter-based, in the update kernel), so sample i is the same image
+whatever the batch size, its position, or the backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .compiler import CompileConfig, compile_step
+from .diffusion import GaussianDiffusion, _model_device
+
+__all__ = ["Sampler", "SamplerStats", "BACKENDS", "NOISE_SOURCES"]
+
+BACKENDS = ("auto", "eager", "compile", "cudagraph")
+NOISE_SOURCES = ("torch", "philox")
+_MODEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclasses.dataclass
+class SamplerStats:
+    """Timings of the last ``sample`` call, with compilation / capture reported apart."""
+
+    backend: str = ""
+    steps: int = 0
+    warmup_seconds: float = 0.0  # compile or graph capture (0 when cached)
+    sample_seconds: float = 0.0  # the loop itself, after warm-up
+
+
+class Sampler:
+    """Drop-in fast sampler for an ε-prediction model called as ``model(x, t)``.
+
+    ``Sampler(model, diffusion, method="ddpm", steps=None, backend="auto", dtype=torch.float32)``:
+    ``dtype`` is the precision the model runs in (bf16/fp16 through autocast); the sample state and the
+    update stay float32. ``backend``: "eager", "compile" (torch.compile of one step; CPU and CUDA),
+    "cudagraph" (CUDA only: the whole loop captured as one graph per (batch, shape)), or "auto" (cudagraph
+    on CUDA, eager on CPU, where a compile of the seed's U-Net costs ~110 s and pays off only after about
+    a thousand steps). ``kernels`` is the dispatch of the fused update ("auto", "triton", "torch").
+    """
+
+    def __init__(
+        self,
+        model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        diffusion: GaussianDiffusion,
+        *,
+        method: str = "ddpm",
+        steps: int | None = None,
+        backend: str = "auto",
+        dtype: torch.dtype = torch.float32,
+        kernels: str = "auto",
+        compile_config: CompileConfig | None = None,
+        device: torch.device | str | None = None,
+    ):
+        if method != "ddpm":
+            raise ValueError(f"unknown method {method!r}; available: 'ddpm'")
+        if steps is not None and steps != diffusion.num_timesteps:
+            raise ValueError(
+                f"the ancestral sampler runs all {diffusion.num_timesteps} steps of this diffusion; got steps={steps}"
+            )
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+        if dtype not in _MODEL_DTYPES:
+            raise ValueError(f"dtype must be one of {[str(d) for d in _MODEL_DTYPES]}, got {dtype}")
+        self.model = model
+        self.device = torch.device(device) if device is not None else _model_device(model)
+        if backend == "auto":
+            backend = "cudagraph" if self.device.type == "cuda" else "eager"
+        if backend == "cudagraph" and self.device.type != "cuda":
+            raise RuntimeError(f"backend 'cudagraph' needs a CUDA device; the model is on {self.device}")
+        self.backend = backend
+        self.method = method
+        self.dtype = dtype
+        from .kernels import resolve_impl
+
+        # Resolved once, so the traced / captured step holds a constant choice.
+        self.kernels = resolve_impl(kernels, torch.empty(0, device=self.device))
+        self.compile_config = compile_config or CompileConfig()
+        self.diffusion = diffusion
+        self.num_steps = diffusion.num_timesteps
+        # Tables on the model's device, built once.
+        self.table = diffusion.ddpm_step_table().to(self.device)
+        self.stats = SamplerStats(backend=backend, steps=self.num_steps)
+        self._compiled: dict[tuple, Callable] = {}
+        self._graphs: dict[tuple, Any] = {}
+
+    # -- one step ------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _step(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None, seeds: torch.Tensor | None):
+        from .kernels import ddpm_step
+
+        with self._autocast():
+            eps = self.model(x, t)
+        return ddpm_step(x, eps, t, self.table, noise=noise, seeds=seeds, impl=self.kernels)
+
+    def _step_fn(self, key: tuple) -> Callable:
+        if self.backend != "compile":
+            return self._step
+        fn = self._compiled.get(key)
+        if fn is None:
+            fn = compile_step(self._step, self.compile_config)
+            self._compiled[key] = fn
+        return fn
+
+    # -- the loop ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        batch_size: int,
+        image_size: int | Sequence[int],
+        channels: int,
+        *,
+        seed: int | Sequence[int] | torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        noise: str = "torch",
+        return_trajectory: bool = False,
+        trajectory_stride: int = 1,
+        callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+        progress: bool = True,
+        clip: bool = True,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Sample ``batch_size`` images (B, channels, H, W), clipped to [−1, 1] unless ``clip=False``.
+
+        ``noise="torch"``: torch's generator (``generator``, or the global one seeded by ``seed`` when
+        given), the reference's draws in the reference's order. ``noise="philox"``: per-sample seeds —
+        ``seed`` an int s (sample i gets seed s + i) or one seed per sample; sample i then depends only on
+        its seed. ``return_trajectory`` also returns every ``trajectory_stride``-th state
+        (T//stride, B, C, H, W), kept on the device and copied once at the end. ``callback(i, t, x)`` runs
+        after each step (it may sync; the loop itself does not).
+        """
+        if noise not in NOISE_SOURCES:
+            raise ValueError(f"unknown noise {noise!r}; expected one of {NOISE_SOURCES}")
+        height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        shape = (batch_size, channels, height, width)
+        if batch_size < 1 or channels < 1 or height < 1 or width < 1:
+            raise ValueError(f"batch_size, channels and image size must be positive, got shape {shape}")
+        if trajectory_stride < 1:
+            raise ValueError(f"trajectory_stride must be >= 1, got {trajectory_stride}")
+        device = self.device
+        seeds = None
+        if noise == "philox":
+            seeds = _per_sample_seeds(seed, batch_size, device)
+            if generator is not None:
+                raise ValueError("generator= applies to noise='torch'; philox noise is keyed by seed=")
+        elif seed is not None:
+            if not isinstance(seed, int):
+                raise ValueError("noise='torch' takes one integer seed (per-sample seeds need noise='philox')")
+            if generator is not None:
+                raise ValueError("pass seed= or generator=, not both")
+            generator = torch.Generator(device=device).manual_seed(seed)
+
+        T = self.num_steps
+        # Every step's timestep vector, built once: step k uses the view timesteps[k].
+        timesteps = torch.arange(T - 1, -1, -1, device=device)[:, None].expand(T, batch_size).contiguous()
+        trajectory = None
+        if return_trajectory:
+            trajectory = torch.empty((len(range(0, T, trajectory_stride)), *shape), device=device)
+
+        if noise == "philox":
+            from .kernels import randn_philox
+
+            # x_T is keyed by step T, beyond every per-step key 0..T−1.
+            x = randn_philox(seeds, T, shape[1:], impl=self.kernels)
+        else:
+            x = torch.randn(shape, device=device, generator=generator)
+
+        key = (shape, self.dtype, noise)
+        step = self._step_fn(key)
+        start = time.perf_counter()
+        self.stats = SamplerStats(backend=self.backend, steps=T)
+        if self.backend == "cudagraph":
+            x = self._run_cudagraph(key, x, timesteps, seeds, generator, trajectory, trajectory_stride)
+        else:
+            x = self._run_loop(step, x, timesteps, seeds, generator, trajectory, trajectory_stride, callback, progress)
+        self.stats.sample_seconds = time.perf_counter() - start - self.stats.warmup_seconds
+        if clip:
+            x = x.clamp(-1.0, 1.0)
+        if return_trajectory:
+            return x, trajectory.cpu()
+        return x
+
+    def _run_loop(self, step, x, timesteps, seeds, generator, trajectory, stride, callback, progress):
+        from tqdm.auto import tqdm
+
+        T = self.num_steps
+        z = torch.empty_like(x) if seeds is None else None  # the per-step noise buffer, allocated once
+        for k in tqdm(range(T), desc=f"sampling ({self.backend})", disable=not progress, leave=False):
+            t = timesteps[k]
+            if z is not None:
+                # The reference draws one randn_like per step for t = T−1 … 1 (none at t = 0); normal_ in
+                # place draws the same numbers as randn. The model draws nothing, so the order matches.
+                z.normal_(generator=generator) if k < T - 1 else z.zero_()
+            if k == 0 and self.backend == "compile":
+                warm = time.perf_counter()
+                x = step(x, t, z, seeds)
+                self.stats.warmup_seconds = time.perf_counter() - warm
+            else:
+                x = step(x, t, z, seeds)
+            if trajectory is not None and k % stride == 0:
+                trajectory[k // stride].copy_(x)
+            if callback is not None:
+                callback(k, t, x)
+        return x
+
+    def _run_cudagraph(self, key, x, timesteps, seeds, generator, trajectory, stride):
+        """Capture the whole loop once per (batch, shape, dtype, noise) and replay it: one launch per call."""
+        graph = self._graphs.get(key)
+        if graph is None:
+            warm = time.perf_counter()
+            graph = _LoopGraph(self, x, timesteps, seeds, generator, trajectory is not None, stride)
+            self._graphs[key] = graph
+            self.stats.warmup_seconds = time.perf_counter() - warm
+        return graph.replay(x, seeds, trajectory)
+
+
+class _LoopGraph:
+    """Static buffers and one CUDA graph holding all T steps (model + fused update + noise draws)."""
+
+    def __init__(self, sampler: Sampler, x, timesteps, seeds, generator, keep_trajectory, stride):
+        if generator is not None:
+            # Graph-safe RNG needs the generator registered with the graph; the default one always is.
+            raise ValueError("backend 'cudagraph' draws torch noise from the default CUDA generator; use seed= instead")
+        self.sampler = sampler
+        self.x = x.clone()
+        self.seeds = None if seeds is None else seeds.clone()
+        self.timesteps = timesteps
+        T = sampler.num_steps
+        self.trajectory = (
+            torch.empty((len(range(0, T, stride)), *x.shape), device=x.device) if keep_trajectory else None
+        )
+
+        def loop():
+            state = self.x
+            for k in range(T):
+                t = self.timesteps[k]
+                z = None
+                if self.seeds is None:
+                    z = torch.randn_like(state) if k < T - 1 else torch.zeros_like(state)
+                state = sampler._step(state, t, z, self.seeds)
+                if self.trajectory is not None and k % stride == 0:
+                    self.trajectory[k // stride].copy_(state)
+            return state
+
+        # Warm up on a side stream (cuBLAS/cuDNN workspaces, Triton autotuning), then capture.
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        saved = self.x.clone()
+        rng = torch.cuda.get_rng_state()
+        with torch.cuda.stream(stream):
+            loop()
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.set_rng_state(rng)
+        self.x.copy_(saved)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = loop()
+
+    def replay(self, x, seeds, trajectory):
+        self.x.copy_(x)
+        if seeds is not None:
+            self.seeds.copy_(seeds)
+        self.graph.replay()
+        if trajectory is not None:
+            trajectory.copy_(self.trajectory)
+        return self.out.clone()
+
+
+def _per_sample_seeds(seed, batch_size: int, device: torch.device) -> torch.Tensor:
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())  # drawn once, outside the loop
+    if isinstance(seed, int):
+        return torch.arange(batch_size, dtype=torch.int64, device=device) + seed
+    seeds = torch.as_tensor(seed, dtype=torch.int64).to(device)
+    if seeds.shape != (batch_size,):
+        raise ValueError(f"per-sample seeds must have shape ({batch_size},), got {tuple(seeds.shape)}")
+    return seeds
