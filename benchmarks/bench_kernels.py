@@ -68,9 +68,10 @@ def main(argv=None) -> int:
             record("p_sample (reference)", shape, dtype, "reference",
                    lambda: diffusion.p_sample(lambda *_: eps, x, t_same, 500, noise=z), n * (12 + item))
         seeds = torch.arange(shape[0], device=dev, dtype=torch.int64)
+        step = torch.full_like(seeds, 7)  # a device tensor: an int would add a host-to-device copy per call
         for impl in ("triton", "torch"):
             record("randn_philox", shape, torch.float32, impl,
-                   lambda: randn_philox(seeds, 7, shape[1:], impl=impl), 4 * x0.numel())
+                   lambda: randn_philox(seeds, step, shape[1:], impl=impl), 4 * x0.numel())
 
     for b, dim_head, hw in ((64, 32, (28, 28)), (64, 32, (14, 14)), (256, 32, (16, 16)), (64, 64, (28, 28))):
         for dtype in (torch.float32, torch.bfloat16):

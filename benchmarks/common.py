@@ -1,4 +1,4 @@
-"""What every benchmark row records: versions, git SHA, device, and an atomic CSV append."""
+"""What every benchmark row records: versions, git SHA, device; and appending rows to a CSV."""
 
 from __future__ import annotations
 
@@ -45,12 +45,17 @@ def environment(device: torch.device | str) -> dict:
 
 
 def append_rows(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Append rows to a CSV (header written when the file is new)."""
+    """Append rows to a CSV (header written when the file is new; an existing header must match)."""
     if not rows:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
+    if not new:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != list(rows[0]):
+            raise ValueError(f"{path} has columns {header}; these rows have {list(rows[0])}: write to a new file")
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         if new:

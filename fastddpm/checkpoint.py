@@ -176,7 +176,10 @@ def _load_state_dict_file(path, model_config, diffusion_config) -> tuple[Unet, G
 
 
 def _build_and_fill(path: Path, config: UnetConfig, weights: dict[str, torch.Tensor]) -> Unet:
-    model = Unet.from_config(config)
+    try:
+        model = Unet.from_config(config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: its model config cannot be built ({exc})") from None
     expected = model.state_dict()
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]

@@ -16,24 +16,34 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+
+
+def _seed(text: str) -> int:
+    value = _non_negative_int(text)
+    if value > 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**63 - 1], got {text!r}")
     return value
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+def _epochs_to_steps(epochs: int, num_images: int, batch_size: int) -> int:
+    """Full batches per epoch (the trainer drops the ragged tail), times epochs."""
+    return epochs * max(1, num_images // min(batch_size, num_images))
 
 
 def _int_tuple(text: str) -> tuple[int, ...]:
@@ -63,11 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the bundled digits model)")
     sample.add_argument("--num", type=_positive_int, default=64, help="number of images (default 64)")
     sample.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default 64)")
-    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     sample.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     sample.add_argument("--out", default="samples.png", help="output .png grid or .npz array (default samples.png)")
     sample.add_argument("--image-size", type=_positive_int, help="sample size (default: the training size)")
     sample.add_argument("--channels", type=_positive_int, help="check the checkpoint has this many channels")
+    sample.add_argument("--backend", choices=("auto", "eager", "compile", "cudagraph"), default="auto",
+                        help="sampler backend (default auto: cudagraph on CUDA, eager on CPU)")
+    sample.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="precision the U-Net runs in; the sample state stays fp32 (default fp32)")
+    sample.add_argument("--noise", choices=("torch", "philox"), default="torch",
+                        help="torch: the reference's random stream; philox: per-sample seeds (seed+i for image i)")
     sample.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sample.set_defaults(func=_cmd_sample)
 
@@ -97,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--steps", type=_positive_int, help="total optimisation steps (default 1000)")
     length.add_argument("--epochs", type=_positive_int, help="total epochs (converted to steps)")
     o.add_argument("--ema-decay", type=float, help="EMA decay of the sampling weights (default 0.999)")
-    o.add_argument("--seed", type=int, help="random seed (default 0)")
+    o.add_argument("--seed", type=_seed, help="random seed (default 0)")
     o.add_argument("--sample-every", type=_non_negative_int, help="write a sample grid every N steps (default 0: never)")
     o.add_argument("--save-every", type=_non_negative_int, help="write checkpoints every N steps (default 500)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -140,21 +156,26 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     if image_size % model.size_divisor:
         raise CLIError(f"--image-size {image_size} is not divisible by {model.size_divisor} (this model's dim_mults)")
 
+    from .sampler import Sampler
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    try:
+        sampler = Sampler(model, diffusion, backend=args.backend, dtype=dtype)
+    except (RuntimeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
     torch.manual_seed(args.seed)
     batches = []
-    remaining = args.num
+    done = 0
     num_batches = math.ceil(args.num / args.batch_size)
     for index in range(num_batches):
-        n = min(args.batch_size, remaining)
-        remaining -= n
+        n = min(args.batch_size, args.num - done)
         if not args.no_progress and num_batches > 1:
             print(f"batch {index + 1}/{num_batches}", file=sys.stderr)
-        batches.append(
-            diffusion.sample(
-                model, image_size=image_size, batch_size=n, channels=channels,
-                return_all_timesteps=False, progress=not args.no_progress,
-            ).cpu()
-        )
+        # philox: image i of the whole run has seed `--seed + i`, whatever the batch split.
+        seed = args.seed + done if args.noise == "philox" else None
+        batches.append(sampler.sample(n, image_size, channels, seed=seed, noise=args.noise,
+                                      progress=not args.no_progress).cpu())
+        done += n
     images = torch.cat(batches)
     if out.suffix.lower() == ".png":
         save_image_grid(images, out, scale=max(1, 64 // image_size))
@@ -191,7 +212,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         data = load_dataset(args.data or config.data, config.image_size, config.channels)
         steps = args.steps
         if args.epochs is not None:
-            steps = args.epochs * max(1, data.shape[0] // min(config.batch_size, data.shape[0]))
+            steps = _epochs_to_steps(args.epochs, data.shape[0], config.batch_size)
         out_dir = Path(args.out_dir) if args.out_dir else Path(args.resume).parent
         trainer = Trainer.resume(args.resume, out_dir, steps=steps, data=data)
         schedule_overrides = {k: getattr(args, k) for k in ("sample_every", "save_every") if getattr(args, k) is not None}
@@ -203,7 +224,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         data = load_dataset(args.data, opts["image_size"], opts["channels"])
         steps = opts["steps"]
         if args.epochs is not None:
-            steps = args.epochs * max(1, data.shape[0] // min(opts["batch_size"], data.shape[0]))
+            steps = _epochs_to_steps(args.epochs, data.shape[0], opts["batch_size"])
         try:
             model = UnetConfig(dim=opts["dim"], channels=opts["channels"], dim_mults=opts["dim_mults"],
                                use_convnext=opts["block"] == "convnext", resnet_block_groups=opts["resnet_groups"])
@@ -216,9 +237,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
                 batch_size=opts["batch_size"], steps=steps, ema_decay=opts["ema_decay"], seed=opts["seed"],
                 sample_every=opts["sample_every"], save_every=opts["save_every"],
             )
+            trainer = Trainer(config, args.out_dir or "runs/train", data=data)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
-        trainer = Trainer(config, args.out_dir or "runs/train", data=data)
     print(f"training on {trainer.data.shape[0]} images {tuple(trainer.data.shape[1:])} for "
           f"{trainer.config.steps} steps (from step {trainer.step}) into {trainer.out_dir}", file=sys.stderr)
     try:

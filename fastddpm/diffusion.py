@@ -208,10 +208,16 @@ class GaussianDiffusion:
 
     # -- helpers ------------------------------------------------------------------------------------
     def extract(self, table: torch.Tensor, t: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
-        """``table[t]`` shaped (batch, 1, 1, ...) for broadcasting against ``x_shape``, on ``t``'s device."""
-        if table.device != t.device:
-            table = table.to(t.device)
-        return table.gather(-1, t).reshape(t.shape[0], *((1,) * (len(x_shape) - 1)))
+        """``table[t]`` shaped (batch, 1, 1, ...) for broadcasting against ``x_shape``, on ``t``'s device.
+
+        Like the seed: with the tables on the CPU (the default) and ``t`` on a GPU it gathers on the host
+        and copies the result back (two syncs per call). ``GaussianDiffusion(..., device=...)`` or
+        ``.to(device)`` keeps the tables on the device and gathers there instead.
+        """
+        shape = (t.shape[0], *((1,) * (len(x_shape) - 1)))
+        if table.device == t.device:
+            return table.gather(-1, t).reshape(shape)
+        return table.gather(-1, t.to(table.device)).reshape(shape).to(t.device)
 
     def _check_t(self, t: torch.Tensor, x: torch.Tensor) -> None:
         if not isinstance(t, torch.Tensor) or t.dtype != torch.long or t.ndim != 1 or t.shape[0] != x.shape[0]:

@@ -6,8 +6,9 @@ per-step timestep tensors are views into one buffer allocated per call; the traj
 when asked, on the device, and copied to the host once at the end.
 
 ``noise="torch"`` draws the reference's random numbers in the reference's order (one ``randn`` for x_T,
-one per step for t = T−1 … 1, drawn after the model call), so in float32 the result equals
-``GaussianDiffusion.p_sample_loop`` under the same ``torch.manual_seed``. ``noise="philox"`` keys every
+one per step for t = T−1 … 1), so in float32 the result equals ``GaussianDiffusion.p_sample_loop`` under
+the same ``torch.manual_seed``. Each step's noise is drawn just before the model call rather than after
+it, which is the same stream for any model that draws no random numbers itself (an ε-model in eval mode). ``noise="philox"`` keys every
 sample's noise by its own seed (counter-based, in the update kernel), so sample i is the same image
 whatever the batch size, its position, or the backend.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import operator
 import time
 from typing import Any, Callable, Sequence
 
@@ -143,7 +145,8 @@ class Sampler:
         ``seed`` an int s (sample i gets seed s + i) or one seed per sample; sample i then depends only on
         its seed. ``return_trajectory`` also returns every ``trajectory_stride``-th state
         (T//stride, B, C, H, W), kept on the device and copied once at the end. ``callback(i, t, x)`` runs
-        after each step (it may sync; the loop itself does not).
+        after each step (it may sync; the loop itself does not); the cudagraph backend, which runs the
+        whole loop as one graph, takes no callback and shows no per-step progress.
         """
         if noise not in NOISE_SOURCES:
             raise ValueError(f"unknown noise {noise!r}; expected one of {NOISE_SOURCES}")
@@ -155,16 +158,29 @@ class Sampler:
             raise ValueError(f"trajectory_stride must be >= 1, got {trajectory_stride}")
         device = self.device
         seeds = None
+        torch_seed = None
         if noise == "philox":
             seeds = _per_sample_seeds(seed, batch_size, device)
             if generator is not None:
                 raise ValueError("generator= applies to noise='torch'; philox noise is keyed by seed=")
         elif seed is not None:
-            if not isinstance(seed, int):
-                raise ValueError("noise='torch' takes one integer seed (per-sample seeds need noise='philox')")
+            torch_seed = _check_seed(seed, "noise='torch' takes one integer seed (per-sample seeds need noise='philox')")
             if generator is not None:
                 raise ValueError("pass seed= or generator=, not both")
-            generator = torch.Generator(device=device).manual_seed(seed)
+        if self.backend == "cudagraph":
+            if generator is not None:
+                # A captured graph draws from the device's default generator; it cannot follow another one.
+                raise ValueError("backend 'cudagraph' draws from the default CUDA generator; pass seed= instead of generator=")
+            if callback is not None:
+                raise ValueError("backend 'cudagraph' runs the whole loop as one graph: it cannot call a callback per step")
+        elif torch_seed is not None:
+            generator = torch.Generator(device=device).manual_seed(torch_seed)
+        if torch_seed is not None and self.backend == "cudagraph":
+            with torch.random.fork_rng(devices=[device]):
+                torch.manual_seed(torch_seed)
+                return self.sample(batch_size, image_size, channels, noise=noise,
+                                   return_trajectory=return_trajectory, trajectory_stride=trajectory_stride,
+                                   progress=progress, clip=clip)
 
         T = self.num_steps
         # Every step's timestep vector, built once: step k uses the view timesteps[k].
@@ -181,14 +197,16 @@ class Sampler:
         else:
             x = torch.randn(shape, device=device, generator=generator)
 
-        key = (shape, self.dtype, noise)
+        key = (shape, self.dtype, noise, return_trajectory, trajectory_stride)
         step = self._step_fn(key)
+        _synchronize(device)
         start = time.perf_counter()
         self.stats = SamplerStats(backend=self.backend, steps=T)
         if self.backend == "cudagraph":
-            x = self._run_cudagraph(key, x, timesteps, seeds, generator, trajectory, trajectory_stride)
+            x = self._run_cudagraph(key, x, timesteps, seeds, trajectory, trajectory_stride)
         else:
             x = self._run_loop(step, x, timesteps, seeds, generator, trajectory, trajectory_stride, callback, progress)
+        _synchronize(device)
         self.stats.sample_seconds = time.perf_counter() - start - self.stats.warmup_seconds
         if clip:
             x = x.clamp(-1.0, 1.0)
@@ -210,7 +228,8 @@ class Sampler:
             if k == 0 and self.backend == "compile":
                 warm = time.perf_counter()
                 x = step(x, t, z, seeds)
-                self.stats.warmup_seconds = time.perf_counter() - warm
+                _synchronize(x.device)
+                self.stats.warmup_seconds = time.perf_counter() - warm  # compile, or a cache lookup
             else:
                 x = step(x, t, z, seeds)
             if trajectory is not None and k % stride == 0:
@@ -219,24 +238,26 @@ class Sampler:
                 callback(k, t, x)
         return x
 
-    def _run_cudagraph(self, key, x, timesteps, seeds, generator, trajectory, stride):
-        """Capture the whole loop once per (batch, shape, dtype, noise) and replay it: one launch per call."""
+    def _run_cudagraph(self, key, x, timesteps, seeds, trajectory, stride):
+        """Capture the whole loop once per (batch, shape, dtype, noise, trajectory) and replay it: one
+        graph launch per call."""
         graph = self._graphs.get(key)
         if graph is None:
             warm = time.perf_counter()
-            graph = _LoopGraph(self, x, timesteps, seeds, generator, trajectory is not None, stride)
+            with torch.cuda.device(x.device):
+                graph = _LoopGraph(self, x, timesteps, seeds, trajectory is not None, stride)
+            _synchronize(x.device)
             self._graphs[key] = graph
             self.stats.warmup_seconds = time.perf_counter() - warm
-        return graph.replay(x, seeds, trajectory)
+        with torch.cuda.device(x.device):
+            return graph.replay(x, seeds, trajectory)
 
 
 class _LoopGraph:
     """Static buffers and one CUDA graph holding all T steps (model + fused update + noise draws)."""
 
-    def __init__(self, sampler: Sampler, x, timesteps, seeds, generator, keep_trajectory, stride):
-        if generator is not None:
-            # Graph-safe RNG needs the generator registered with the graph; the default one always is.
-            raise ValueError("backend 'cudagraph' draws torch noise from the default CUDA generator; use seed= instead")
+    def __init__(self, sampler: Sampler, x, timesteps, seeds, keep_trajectory, stride):
+        # Called under torch.cuda.device(x.device): streams and RNG state below are that device's.
         self.sampler = sampler
         self.x = x.clone()
         self.seeds = None if seeds is None else seeds.clone()
@@ -259,14 +280,15 @@ class _LoopGraph:
             return state
 
         # Warm up on a side stream (cuBLAS/cuDNN workspaces, Triton autotuning), then capture.
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
+        device = x.device
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
         saved = self.x.clone()
-        rng = torch.cuda.get_rng_state()
+        rng = torch.cuda.get_rng_state(device)
         with torch.cuda.stream(stream):
             loop()
-        torch.cuda.current_stream().wait_stream(stream)
-        torch.cuda.set_rng_state(rng)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        torch.cuda.set_rng_state(rng, device)
         self.x.copy_(saved)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
@@ -282,12 +304,35 @@ class _LoopGraph:
         return self.out.clone()
 
 
+_MAX_SEED = 2**63 - 1
+
+
+def _check_seed(seed, message: str) -> int:
+    try:
+        value = operator.index(seed)  # int, numpy integers; not floats or sequences
+    except TypeError:
+        raise ValueError(message) from None
+    if not 0 <= value <= _MAX_SEED:
+        raise ValueError(f"seed must lie in [0, 2**63 - 1], got {value}")
+    return value
+
+
 def _per_sample_seeds(seed, batch_size: int, device: torch.device) -> torch.Tensor:
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())  # drawn once, outside the loop
-    if isinstance(seed, int):
-        return torch.arange(batch_size, dtype=torch.int64, device=device) + seed
-    seeds = torch.as_tensor(seed, dtype=torch.int64).to(device)
-    if seeds.shape != (batch_size,):
-        raise ValueError(f"per-sample seeds must have shape ({batch_size},), got {tuple(seeds.shape)}")
-    return seeds
+    if not isinstance(seed, (Sequence, torch.Tensor)) or isinstance(seed, str):
+        first = _check_seed(seed, "seed must be an integer or one integer per sample")
+        if first + batch_size - 1 > _MAX_SEED:
+            raise ValueError(f"seed {first} + {batch_size - 1} (one seed per sample) exceeds 2**63 - 1")
+        return torch.arange(batch_size, dtype=torch.int64, device=device) + first
+    seeds = torch.as_tensor(seed)
+    if seeds.dtype.is_floating_point or seeds.dtype == torch.bool or seeds.shape != (batch_size,):
+        raise ValueError(f"per-sample seeds must be {batch_size} integers, got {seeds.dtype} {tuple(seeds.shape)}")
+    if bool((seeds < 0).any()):
+        raise ValueError("per-sample seeds must be >= 0")
+    return seeds.to(device=device, dtype=torch.int64)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -392,6 +392,10 @@ def set_linear_attention_kernel(model: nn.Module, kernel: str | None) -> nn.Modu
 
 def _check_config(cfg: UnetConfig) -> None:
     """Reject configurations the seed's architecture cannot build, naming the expected value."""
+    if cfg.with_time_emb and (cfg.dim < 4 or cfg.dim % 2):
+        raise ValueError(f"dim must be even and >= 4 (it is the sinusoidal time-embedding width), got dim={cfg.dim}")
+    if cfg.dim < 3 or (cfg.init_dim is not None and cfg.init_dim < 1):
+        raise ValueError(f"dim must be >= 3 (init_dim defaults to dim // 3 * 2) and init_dim >= 1, got dim={cfg.dim}")
     if not cfg.dim_mults:
         raise ValueError("dim_mults must name at least one resolution, e.g. (1, 2, 4)")
     if cfg.dim_mults[0] != 1:

@@ -89,6 +89,7 @@ def small_run(tmp_path_factory):
         (["sample", "--image-size", "9"], "not divisible by 4"),
         (["sample", "--num", "0"], "positive integer"),
         (["sample", "--device", "nonsense"], "device 'nonsense'"),
+        (["sample", "--backend", "cudagraph"], "'cudagraph' needs a CUDA device"),
         (["sample", "--channels", "3"], "--channels 3 does not match the checkpoint, which has channels=1"),
         (["sample", "--checkpoint", "missing.safetensors"], "missing.safetensors: no such checkpoint file"),
         (["sample", "--checkpoint", "{root}/corrupt.safetensors"], "corrupt.safetensors: not a readable safetensors file"),
@@ -101,6 +102,9 @@ def small_run(tmp_path_factory):
         (["train", "--resume", "{root}/run/model.safetensors"], "model.safetensors: a 'model' checkpoint has no training state"),
         (["train", "--resume", "{root}/corrupt.safetensors"], "corrupt.safetensors: not a readable safetensors file"),
         (["train"], "--data is required"),
+        (["train", "--data", "{root}/d.npy", "--image-size", "8", "--lr", "-1"], "lr must be a positive number"),
+        (["train", "--data", "{root}/d.npy", "--image-size", "8", "--dim", "7"], "dim must be even and >= 4"),
+        (["sample", "--seed", str(2**64)], "expected a seed in [0, 2**63 - 1]"),
     ],
 )
 def test_bad_input_one_line_exit_2(small_run, tmp_path, args, message):

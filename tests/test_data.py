@@ -74,7 +74,7 @@ def test_npz_float_rgb_and_upscale(tmp_path):
     np.savez(tmp_path / "f.npz", values)  # stored as arr_0
     data = load_dataset(tmp_path / "f.npz", image_size=8, channels=3)
     assert data.shape == (2, 3, 8, 8)
-    # Bilinear upsampling keeps the mean of a smooth image close and stays inside the input range.
+    # Bilinear upsampling interpolates: every output lies inside the input's range.
     assert data.min() >= values.min() * 2 - 1 - 1e-6 and data.max() <= values.max() * 2 - 1 + 1e-6
 
 

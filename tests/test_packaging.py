@@ -1,6 +1,9 @@
 """How the distribution installs: the kernels folder is `fastddpm.kernels`, never a top-level `kernels`."""
 
 import importlib.metadata
+from pathlib import Path
+
+import pytest
 
 import fastddpm
 
@@ -12,6 +15,19 @@ def test_kernels_install_under_the_package():
     top_level = (dist.read_text("top_level.txt") or "").split()
     assert "kernels" not in top_level
     assert dist.version == fastddpm.__version__
+
+
+def test_every_package_folder_is_listed_for_installation():
+    # setuptools installs only the packages pyproject.toml lists: a kernel folder missing there works in
+    # an editable install and breaks `pip install .`.
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {"fastddpm"} | {
+        "fastddpm." + ".".join(p.parent.relative_to(root).parts) for p in (root / "kernels").rglob("__init__.py")
+    } | {"fastddpm." + ".".join(p.parent.relative_to(root / "fastddpm").parts)
+         for p in (root / "fastddpm").rglob("*/__init__.py")}
+    assert on_disk == listed
 
 
 def test_console_script_declared():

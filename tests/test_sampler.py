@@ -38,7 +38,7 @@ def test_eager_fp32_full_trajectory_matches_reference(model, diffusion):
         3, 8, 1, return_trajectory=True, progress=False, clip=False
     )
     assert trajectory.shape == (T, 3, 1, 8, 8)
-    assert_close(trajectory, torch.from_numpy(expected), rtol=1e-5)  # the contract: 1e-5 relative
+    assert_close(trajectory, torch.from_numpy(expected), rtol=1e-5)  # the trajectory contract (tolerances.py)
     assert_close(final, torch.from_numpy(expected[-1]), torch.float32)
 
 
@@ -69,7 +69,7 @@ def test_low_precision_model_keeps_state_fp32(model, diffusion, dtype):
 
 def test_seed_and_generator_arguments(model, diffusion):
     sampler = Sampler(model, diffusion)
-    a = sampler.sample(2, 8, 1, seed=3, progress=False)
+    a = sampler.sample(2, 8, 1, seed=np.int64(3), progress=False)
     b = sampler.sample(2, 8, 1, generator=torch.Generator().manual_seed(3), progress=False)
     assert torch.equal(a, b)
     assert a.min() >= -1 and a.max() <= 1  # clipped to the data range by default
@@ -198,8 +198,12 @@ def test_bad_arguments(model, diffusion):
     sampler = Sampler(model, diffusion)
     with pytest.raises(ValueError, match="unknown noise"):
         sampler.sample(1, 8, 1, noise="white")
-    with pytest.raises(ValueError, match="per-sample seeds must have shape"):
+    with pytest.raises(ValueError, match="per-sample seeds must be 2 integers"):
         sampler.sample(2, 8, 1, noise="philox", seed=[1, 2, 3])
+    with pytest.raises(ValueError, match=r"exceeds 2\*\*63 - 1"):
+        sampler.sample(2, 8, 1, noise="philox", seed=2**63 - 1)
+    with pytest.raises(ValueError, match=r"seed must lie in \[0, 2\*\*63 - 1\]"):
+        sampler.sample(2, 8, 1, seed=-1)
     with pytest.raises(ValueError, match="one integer seed"):
         sampler.sample(2, 8, 1, seed=[1, 2])
     assert CompileConfig.from_json(CompileConfig(freezing=False).to_json()) == CompileConfig(freezing=False)

@@ -19,7 +19,11 @@ __all__ = ["philox4x32", "randn_philox"]
 _MASK32 = 0xFFFFFFFF
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57  # Philox-4x32 multipliers
 _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85  # Weyl key increments (golden ratio, √3 − 1)
+# float32 constants as CPU 0-dim tensors: they combine with tensors on any device as scalars, with no
+# host-to-device copy (which would sync every step, and cannot happen inside a CUDA graph capture).
 _UNIFORM_SCALE = torch.tensor(4.6566127342e-10, dtype=torch.float32)  # ≈ 2^-31, Triton's constant
+_TWO_PI = torch.tensor(6.283185307179586, dtype=torch.float32)
+_MINUS_TWO = torch.tensor(-2.0, dtype=torch.float32)
 
 
 def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,7 +51,7 @@ def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = 10):
 def _uint32_to_uniform(x: torch.Tensor) -> torch.Tensor:
     signed = torch.where(x >= 2**31, x - 2**32, x)  # reinterpret as int32
     folded = torch.where(signed < 0, -signed - 1, signed)  # ~x for negatives: [0, 2^31)
-    return folded.to(torch.float32) * _UNIFORM_SCALE.to(x.device)
+    return folded.to(torch.float32) * _UNIFORM_SCALE
 
 
 def randn_philox(seeds: torch.Tensor, step: torch.Tensor | int, sample_shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
@@ -71,6 +75,6 @@ def randn_philox(seeds: torch.Tensor, step: torch.Tensor | int, sample_shape: tu
     u1 = torch.clamp_min(_uint32_to_uniform(r0), 1.0e-7)
     u2 = _uint32_to_uniform(r1)
     # Box-Muller, cosine branch, float32 throughout like the kernel.
-    theta = torch.tensor(6.283185307179586, dtype=torch.float32, device=device) * u2
-    radius = torch.sqrt(torch.tensor(-2.0, dtype=torch.float32, device=device) * torch.log(u1))
+    theta = _TWO_PI * u2
+    radius = torch.sqrt(_MINUS_TWO * torch.log(u1))
     return (radius * torch.cos(theta)).reshape(b, *sample_shape)
