@@ -197,13 +197,14 @@ class Sampler:
         else:
             x = torch.randn(shape, device=device, generator=generator)
 
-        key = (shape, self.dtype, noise, return_trajectory, trajectory_stride)
+        key = (shape, self.dtype, noise)
         step = self._step_fn(key)
         _synchronize(device)
         start = time.perf_counter()
         self.stats = SamplerStats(backend=self.backend, steps=T)
         if self.backend == "cudagraph":
-            x = self._run_cudagraph(key, x, timesteps, seeds, trajectory, trajectory_stride)
+            graph_key = (*key, return_trajectory, trajectory_stride)  # the graph holds the trajectory copies
+            x = self._run_cudagraph(graph_key, x, timesteps, seeds, trajectory, trajectory_stride)
         else:
             x = self._run_loop(step, x, timesteps, seeds, generator, trajectory, trajectory_stride, callback, progress)
         _synchronize(device)
