@@ -39,7 +39,7 @@ class SamplerStats:
 
     backend: str = ""
     steps: int = 0
-    warmup_seconds: float = 0.0  # compile or graph capture (0 when cached)
+    warmup_seconds: float = 0.0  # the first step (compile) or the graph capture; small when cached
     sample_seconds: float = 0.0  # the loop itself, after warm-up
 
 

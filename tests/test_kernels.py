@@ -241,8 +241,10 @@ def test_kernel_ops_reject_bad_input(diffusion):
         ddpm_step(x, x, t, table)
     with pytest.raises(ValueError, match="table must be float32"):
         ddpm_step(x, x, t, table.double(), noise=x)
-    with pytest.raises(ValueError, match="t must be integer step indices"):
+    with pytest.raises(ValueError, match="t must be int64/int32 step indices"):
         q_sample(x, t.float(), x, diffusion.sqrt_alphas_cumprod, diffusion.sqrt_one_minus_alphas_cumprod)
+    with pytest.raises(ValueError, match="t must be int64/int32 step indices"):
+        ddpm_step(x, x, t.bool(), table, noise=x)  # a bool t would act as a mask, not as indices
     with pytest.raises(ValueError, match="qkv must be"):
         linear_attention(torch.zeros(1, 10, 2, 2), heads=4, scale=1.0)
 

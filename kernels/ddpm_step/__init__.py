@@ -42,14 +42,15 @@ def ddpm_step(
     ``table``: float32 (4, T) rows √(1/α), β, √(1−ᾱ), σ = √(posterior variance) (build it with
     ``GaussianDiffusion.ddpm_step_table()``). Noise: ``noise`` (same shape as x; results then match
     ``GaussianDiffusion.p_sample`` given that noise), or ``seeds`` (int64 (B,)) for counter-based noise
-    keyed by (seed, t, element). Steps with t = 0 add no noise.
+    keyed by (seed, t, element). Steps with t = 0 add no noise. Every t must lie in [0, T): it indexes
+    the table on the device, unchecked (checking would sync with the host every step).
     """
     if (noise is None) == (seeds is None):
         raise ValueError("pass exactly one noise source: noise=<tensor like x> or seeds=<int64 (B,)>")
     if eps.shape != x.shape or (noise is not None and noise.shape != x.shape):
         raise ValueError(f"eps and noise must have x's shape {tuple(x.shape)}")
-    if t.ndim != 1 or t.shape[0] != x.shape[0] or t.is_floating_point():
-        raise ValueError(f"t must be integer step indices shaped ({x.shape[0]},), got {t.dtype} {tuple(t.shape)}")
+    if t.ndim != 1 or t.shape[0] != x.shape[0] or t.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"t must be int64/int32 step indices shaped ({x.shape[0]},), got {t.dtype} {tuple(t.shape)}")
     if table.ndim != 2 or table.shape[0] != 4 or table.dtype != torch.float32 or table.device != x.device:
         raise ValueError(f"table must be float32 (4, T) on {x.device}, got {table.dtype} {tuple(table.shape)} on {table.device}")
     if seeds is not None and (seeds.dtype != torch.int64 or seeds.shape != (x.shape[0],)):

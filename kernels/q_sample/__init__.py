@@ -50,8 +50,8 @@ def q_sample(
 def _check(x_start, t, noise, *tables) -> None:
     if noise.shape != x_start.shape:
         raise ValueError(f"noise shape {tuple(noise.shape)} differs from x_start shape {tuple(x_start.shape)}")
-    if t.ndim != 1 or t.shape[0] != x_start.shape[0] or t.is_floating_point():
-        raise ValueError(f"t must be integer step indices shaped ({x_start.shape[0]},), got {t.dtype} {tuple(t.shape)}")
+    if t.ndim != 1 or t.shape[0] != x_start.shape[0] or t.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"t must be int64/int32 step indices shaped ({x_start.shape[0]},), got {t.dtype} {tuple(t.shape)}")
     for table in tables:
         if table.ndim != 1 or table.device != x_start.device:
             raise ValueError(f"schedule tables must be 1-D and on {x_start.device}, got {tuple(table.shape)} on {table.device}")
