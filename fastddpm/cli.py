@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", default="samples.png", help="output .png grid or .npz array (default samples.png)")
     sample.add_argument("--image-size", type=_positive_int, help="sample size (default: the training size)")
     sample.add_argument("--channels", type=_positive_int, help="check the checkpoint has this many channels")
+    sample.add_argument("--method", choices=("ddpm", "ddim"), default="ddpm",
+                        help="ddpm: ancestral (default); ddim: deterministic with --eta 0, few steps")
+    sample.add_argument("--steps", type=_positive_int,
+                        help="sampling steps (default: all the model's timesteps); fewer respace the chain")
+    sample.add_argument("--eta", type=float, help="DDIM's η (default 0: deterministic); ddim only")
+    sample.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default="trailing",
+                        help="where the --steps timesteps fall (default trailing: it starts at the last timestep)")
     sample.add_argument("--backend", choices=("auto", "eager", "compile", "cudagraph"), default="auto",
                         help="sampler backend (default auto: cudagraph on CUDA, eager on CPU)")
     sample.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
@@ -160,7 +167,8 @@ def _cmd_sample(args: argparse.Namespace) -> None:
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     try:
-        sampler = Sampler(model, diffusion, backend=args.backend, dtype=dtype)
+        sampler = Sampler(model, diffusion, method=args.method, steps=args.steps, eta=args.eta,
+                          spacing=args.spacing, backend=args.backend, dtype=dtype)
     except (RuntimeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     torch.manual_seed(args.seed)

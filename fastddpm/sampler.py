@@ -25,10 +25,12 @@ import torch
 
 from .compiler import CompileConfig, compile_step
 from .diffusion import GaussianDiffusion, _model_device
+from .schedules import ddim_coefficients, timestep_sequence
 
 __all__ = ["Sampler", "SamplerStats", "BACKENDS", "NOISE_SOURCES"]
 
 BACKENDS = ("auto", "eager", "compile", "cudagraph")
+METHODS = ("ddpm", "ddim")
 NOISE_SOURCES = ("torch", "philox")
 _MODEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -47,6 +49,9 @@ class Sampler:
     """Drop-in fast sampler for an ε-prediction model called as ``model(x, t)``.
 
     ``Sampler(model, diffusion, method="ddpm", steps=None, backend="auto", dtype=torch.float32)``:
+    ``method`` "ddpm" (ancestral; all T steps run the reference's update, fewer steps respace the chain)
+    or "ddim" (``eta`` ≥ 0, default 0: deterministic); ``steps`` visited timesteps (default T), placed by
+    ``spacing`` "leading" | "trailing" | "linspace" (diffusers' names); every chain ends at x_0.
     ``dtype`` is the precision the model runs in (bf16/fp16 through autocast); the sample state and the
     update stay float32. ``backend``: "eager", "compile" (torch.compile of one step; CPU and CUDA),
     "cudagraph" (CUDA only: the whole loop captured as one graph per (batch, shape)), or "auto" (cudagraph
@@ -61,18 +66,18 @@ class Sampler:
         *,
         method: str = "ddpm",
         steps: int | None = None,
+        eta: float | None = None,
+        spacing: str = "leading",
         backend: str = "auto",
         dtype: torch.dtype = torch.float32,
         kernels: str = "auto",
         compile_config: CompileConfig | None = None,
         device: torch.device | str | None = None,
     ):
-        if method != "ddpm":
-            raise ValueError(f"unknown method {method!r}; available: 'ddpm'")
-        if steps is not None and steps != diffusion.num_timesteps:
-            raise ValueError(
-                f"the ancestral sampler runs all {diffusion.num_timesteps} steps of this diffusion; got steps={steps}"
-            )
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+        if eta is not None and method != "ddim":
+            raise ValueError("eta applies to method='ddim' (the ancestral 'ddpm' step is η = 1)")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
         if dtype not in _MODEL_DTYPES:
@@ -92,9 +97,22 @@ class Sampler:
         self.kernels = resolve_impl(kernels, torch.empty(0, device=self.device))
         self.compile_config = compile_config or CompileConfig()
         self.diffusion = diffusion
-        self.num_steps = diffusion.num_timesteps
+        T = diffusion.num_timesteps
+        self.timestep_sequence = timestep_sequence(T, steps if steps is not None else T, spacing)
+        self.num_steps = len(self.timestep_sequence)
+        # The full ancestral chain runs the reference's own update (fused); anything else — DDIM, or DDPM
+        # on a respaced chain (DDIM with η = 1) — the linear update with float64-built coefficients.
+        self.exact_ddpm = method == "ddpm" and self.num_steps == T
+        self.eta = 1.0 if method == "ddpm" else (0.0 if eta is None else float(eta))
         # Tables on the model's device, built once.
-        self.table = diffusion.ddpm_step_table().to(self.device)
+        if self.exact_ddpm:
+            self.table = diffusion.ddpm_step_table().to(self.device)
+            self._noisy_steps = [t > 0 for t in self.timestep_sequence]
+        else:
+            abar = torch.cumprod(1 - diffusion.betas.detach().to("cpu", torch.float64), 0)
+            coefs = ddim_coefficients(abar, self.timestep_sequence, self.eta)
+            self.table = coefs.to(device=self.device, dtype=torch.float32)
+            self._noisy_steps = [bool(c != 0) for c in coefs[2].tolist()]
         self.stats = SamplerStats(backend=backend, steps=self.num_steps)
         self._compiled: dict[tuple, Callable] = {}
         self._graphs: dict[tuple, Any] = {}
@@ -105,12 +123,15 @@ class Sampler:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def _step(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None, seeds: torch.Tensor | None):
-        from .kernels import ddpm_step
+    def _step(self, x, t, k, noise, seeds):
+        """One step: ε̂ = model(x, t), then the fused update (k indexes the step's coefficients)."""
+        from .kernels import ddpm_step, linear_step
 
         with self._autocast():
             eps = self.model(x, t)
-        return ddpm_step(x, eps, t, self.table, noise=noise, seeds=seeds, impl=self.kernels)
+        if self.exact_ddpm:
+            return ddpm_step(x, eps, t, self.table, noise=noise, seeds=seeds, impl=self.kernels)
+        return linear_step(x, eps, k, self.table, t, noise=noise, seeds=seeds, impl=self.kernels)
 
     def _step_fn(self, key: tuple) -> Callable:
         if self.backend != "compile":
@@ -183,8 +204,10 @@ class Sampler:
                                    progress=progress, clip=clip)
 
         T = self.num_steps
-        # Every step's timestep vector, built once: step k uses the view timesteps[k].
-        timesteps = torch.arange(T - 1, -1, -1, device=device)[:, None].expand(T, batch_size).contiguous()
+        # Every step's timestep and step-index vectors, built once: step k uses the views [k].
+        sequence = torch.tensor(self.timestep_sequence, dtype=torch.int64)
+        timesteps = sequence[:, None].expand(T, batch_size).contiguous().to(device)
+        indices = torch.arange(T, device=device)[:, None].expand(T, batch_size).contiguous()
         trajectory = None
         if return_trajectory:
             trajectory = torch.empty((len(range(0, T, trajectory_stride)), *shape), device=device)
@@ -192,8 +215,8 @@ class Sampler:
         if noise == "philox":
             from .kernels import randn_philox
 
-            # x_T is keyed by step T, beyond every per-step key 0..T−1.
-            x = randn_philox(seeds, T, shape[1:], impl=self.kernels)
+            # x_T is keyed by the training step count, beyond every per-step key 0..T−1.
+            x = randn_philox(seeds, self.diffusion.num_timesteps, shape[1:], impl=self.kernels)
         else:
             x = torch.randn(shape, device=device, generator=generator)
 
@@ -204,9 +227,10 @@ class Sampler:
         self.stats = SamplerStats(backend=self.backend, steps=T)
         if self.backend == "cudagraph":
             graph_key = (*key, return_trajectory, trajectory_stride)  # the graph holds the trajectory copies
-            x = self._run_cudagraph(graph_key, x, timesteps, seeds, trajectory, trajectory_stride)
+            x = self._run_cudagraph(graph_key, x, timesteps, indices, seeds, trajectory, trajectory_stride)
         else:
-            x = self._run_loop(step, x, timesteps, seeds, generator, trajectory, trajectory_stride, callback, progress)
+            x = self._run_loop(step, x, timesteps, indices, seeds, generator, trajectory, trajectory_stride,
+                               callback, progress)
         _synchronize(device)
         self.stats.sample_seconds = time.perf_counter() - start - self.stats.warmup_seconds
         if clip:
@@ -215,7 +239,7 @@ class Sampler:
             return x, trajectory.cpu()
         return x
 
-    def _run_loop(self, step, x, timesteps, seeds, generator, trajectory, stride, callback, progress):
+    def _run_loop(self, step, x, timesteps, indices, seeds, generator, trajectory, stride, callback, progress):
         from tqdm.auto import tqdm
 
         T = self.num_steps
@@ -223,30 +247,30 @@ class Sampler:
         for k in tqdm(range(T), desc=f"sampling ({self.backend})", disable=not progress, leave=False):
             t = timesteps[k]
             if z is not None:
-                # The reference draws one randn_like per step for t = T−1 … 1 (none at t = 0); normal_ in
-                # place draws the same numbers as randn. The model draws nothing, so the order matches.
-                z.normal_(generator=generator) if k < T - 1 else z.zero_()
+                # The reference draws one randn_like per noisy step (t = T−1 … 1; none at t = 0); normal_
+                # in place draws the same numbers as randn. The model draws nothing, so the order matches.
+                z.normal_(generator=generator) if self._noisy_steps[k] else z.zero_()
             if k == 0 and self.backend == "compile":
                 warm = time.perf_counter()
-                x = step(x, t, z, seeds)
+                x = step(x, t, indices[k], z, seeds)
                 _synchronize(x.device)
                 self.stats.warmup_seconds = time.perf_counter() - warm  # compile, or a cache lookup
             else:
-                x = step(x, t, z, seeds)
+                x = step(x, t, indices[k], z, seeds)
             if trajectory is not None and k % stride == 0:
                 trajectory[k // stride].copy_(x)
             if callback is not None:
                 callback(k, t, x)
         return x
 
-    def _run_cudagraph(self, key, x, timesteps, seeds, trajectory, stride):
+    def _run_cudagraph(self, key, x, timesteps, indices, seeds, trajectory, stride):
         """Capture the whole loop once per (batch, shape, dtype, noise, trajectory) and replay it: one
         graph launch per call."""
         graph = self._graphs.get(key)
         if graph is None:
             warm = time.perf_counter()
             with torch.cuda.device(x.device):
-                graph = _LoopGraph(self, x, timesteps, seeds, trajectory is not None, stride)
+                graph = _LoopGraph(self, x, timesteps, indices, seeds, trajectory is not None, stride)
             _synchronize(x.device)
             self._graphs[key] = graph
             self.stats.warmup_seconds = time.perf_counter() - warm
@@ -257,12 +281,13 @@ class Sampler:
 class _LoopGraph:
     """Static buffers and one CUDA graph holding all T steps (model + fused update + noise draws)."""
 
-    def __init__(self, sampler: Sampler, x, timesteps, seeds, keep_trajectory, stride):
+    def __init__(self, sampler: Sampler, x, timesteps, indices, seeds, keep_trajectory, stride):
         # Called under torch.cuda.device(x.device): streams and RNG state below are that device's.
         self.sampler = sampler
         self.x = x.clone()
         self.seeds = None if seeds is None else seeds.clone()
         self.timesteps = timesteps
+        self.indices = indices
         T = sampler.num_steps
         self.trajectory = (
             torch.empty((len(range(0, T, stride)), *x.shape), device=x.device) if keep_trajectory else None
@@ -274,8 +299,8 @@ class _LoopGraph:
                 t = self.timesteps[k]
                 z = None
                 if self.seeds is None:
-                    z = torch.randn_like(state) if k < T - 1 else torch.zeros_like(state)
-                state = sampler._step(state, t, z, self.seeds)
+                    z = torch.randn_like(state) if sampler._noisy_steps[k] else torch.zeros_like(state)
+                state = sampler._step(state, t, self.indices[k], z, self.seeds)
                 if self.trajectory is not None and k % stride == 0:
                     self.trajectory[k // stride].copy_(state)
             return state

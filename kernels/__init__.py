@@ -8,6 +8,7 @@ fake implementation so ``torch.compile`` can trace it). Triton is imported only 
 from ._dispatch import ENV_VAR, IMPLS, interpreting, resolve_impl, triton_available
 from .ddpm_step import ddpm_step
 from .linear_attention import linear_attention
+from .linear_step import linear_step
 from .noise import randn_philox
 from .q_sample import q_sample
 
@@ -15,6 +16,7 @@ __all__ = [
     "q_sample",
     "ddpm_step",
     "linear_attention",
+    "linear_step",
     "randn_philox",
     "resolve_impl",
     "triton_available",

@@ -37,6 +37,8 @@ def builds() -> list[KernelBuild]:
     from .ddpm_step.fused import BLOCK as STEP_BLOCK
     from .ddpm_step.fused import _ddpm_step_kernel
     from .linear_attention.fused import _linear_attention_kernel, launch_config
+    from .linear_step.fused import BLOCK as LINEAR_BLOCK
+    from .linear_step.fused import _linear_step_kernel
     from .noise.fused import BLOCK as NOISE_BLOCK
     from .noise.fused import _randn_philox_kernel
     from .q_sample.fused import BLOCK as Q_BLOCK
@@ -56,6 +58,14 @@ def builds() -> list[KernelBuild]:
                  "t_ptr": "*i64", "table_ptr": "*fp32", "numel_per_sample": "i32", "num_steps": "i32",
                  "NOISE_FROM_SEEDS": "constexpr", "BLOCK": "constexpr"},
                 {"NOISE_FROM_SEEDS": from_seeds, "BLOCK": STEP_BLOCK},
+                ("out_ptr", "x_ptr", "eps_ptr", "noise_ptr", "numel_per_sample"), True))
+        for from_seeds in (False, True):
+            out.append(KernelBuild(
+                f"linear_step[{dt},{'philox' if from_seeds else 'given-noise'}]", _linear_step_kernel,
+                {"out_ptr": "*fp32", "x_ptr": "*fp32", "eps_ptr": _TT[dt], "noise_ptr": "*fp32", "seeds_ptr": "*i64",
+                 "k_ptr": "*i64", "t_ptr": "*i64", "coefs_ptr": "*fp32", "numel_per_sample": "i32", "num_steps": "i32",
+                 "NOISE_FROM_SEEDS": "constexpr", "BLOCK": "constexpr"},
+                {"NOISE_FROM_SEEDS": from_seeds, "BLOCK": LINEAR_BLOCK},
                 ("out_ptr", "x_ptr", "eps_ptr", "noise_ptr", "numel_per_sample"), True))
     out.append(KernelBuild(
         "randn_philox", _randn_philox_kernel,

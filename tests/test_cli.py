@@ -53,6 +53,14 @@ def test_sample_bundled_model_png_and_npz(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "s.npz"]  # no temporary files left
 
 
+def test_sample_few_step_ddim(tmp_path):
+    result = run_cli("sample", "--method", "ddim", "--steps", "10", "--num", "2", "--out", str(tmp_path / "d.npz"),
+                     "--no-progress")
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "d.npz") as archive:
+        assert archive["arr_0"].shape == (2, 16, 16, 1)
+
+
 def test_train_then_sample_then_resume(tmp_path):
     data = (np.random.default_rng(0).random((12, 8, 8)) * 255).astype(np.uint8)
     np.savez(tmp_path / "d.npz", data)
@@ -90,6 +98,8 @@ def small_run(tmp_path_factory):
         (["sample", "--num", "0"], "positive integer"),
         (["sample", "--device", "nonsense"], "device 'nonsense'"),
         (["sample", "--backend", "cudagraph"], "'cudagraph' needs a CUDA device"),
+        (["sample", "--steps", "5000"], "steps must lie in [1, 1000]"),
+        (["sample", "--eta", "0.5"], "eta applies to method='ddim'"),
         (["sample", "--channels", "3"], "--channels 3 does not match the checkpoint, which has channels=1"),
         (["sample", "--checkpoint", "missing.safetensors"], "missing.safetensors: no such checkpoint file"),
         (["sample", "--checkpoint", "{root}/corrupt.safetensors"], "corrupt.safetensors: not a readable safetensors file"),

@@ -17,7 +17,7 @@ from fastddpm.kernels.noise import fused as noise_fused
 from fastddpm.kernels.noise import naive as noise_naive
 from fastddpm.kernels.q_sample import fused as q_fused
 from fastddpm.kernels.q_sample import naive as q_naive
-from fastddpm.tolerances import FLOAT32_REASSOCIATED_NETWORK, PHILOX_NORMALS_ACROSS_BACKENDS, assert_close
+from fastddpm.tolerances import FLOAT32_REASSOCIATED_NETWORK, PHILOX_NORMALS_ACROSS_BACKENDS, assert_close, tolerance
 from fastddpm.unet import LinearAttention, set_linear_attention_kernel
 
 pytest.importorskip("triton")
@@ -109,6 +109,42 @@ def test_ddpm_step_kernel_philox_matches_twin(diffusion, shape):
     assert not out.isnan().any()
     expected = step_naive.ddpm_step(x, eps, t, diffusion.ddpm_step_table(), seeds=seeds)
     assert_close(out, expected, rtol=PHILOX_NORMALS_ACROSS_BACKENDS)
+
+
+# ----------------------------------------------------------------------------- the linear (DDIM) update
+def ddim_table(diffusion, steps=10, eta=0.5):
+    from fastddpm.schedules import ddim_coefficients, timestep_sequence
+
+    seq = timestep_sequence(T, steps, "trailing")
+    coefs = ddim_coefficients(torch.cumprod(1 - diffusion.betas.double().cpu(), 0), seq, eta)
+    return coefs.float().to(DEVICE), torch.tensor(seq, device=DEVICE)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("noise_source", ["given", "philox"])
+def test_linear_step_kernel_matches_twin(diffusion, dtype, shape, noise_source):
+    coefs, seq = ddim_table(diffusion)
+    g = torch.Generator(device=DEVICE).manual_seed(2)
+    x = torch.randn(shape, generator=g, device=DEVICE)
+    eps = torch.randn(shape, generator=g, device=DEVICE).to(dtype)
+    k = torch.arange(shape[0], device=DEVICE) % coefs.shape[1]  # includes the last step (C = 0)
+    k[-1] = coefs.shape[1] - 1
+    t = seq[k]
+    z = torch.randn(shape, generator=g, device=DEVICE) if noise_source == "given" else None
+    seeds = torch.arange(shape[0], dtype=torch.int64, device=DEVICE) + 5 if z is None else None
+    out = poisoned_like(x)
+    from fastddpm.kernels.linear_step import fused as linear_fused
+    from fastddpm.kernels.linear_step import naive as linear_naive
+
+    linear_fused.linear_step_triton(x, eps, k, coefs, t, noise=z, seeds=seeds, out=out)
+    assert not out.isnan().any()
+    expected = linear_naive.linear_step(x, eps, k, coefs, t, noise=z, seeds=seeds)
+    assert_close(out, expected, rtol=tolerance_for(noise_source))
+
+
+def tolerance_for(noise_source):
+    return PHILOX_NORMALS_ACROSS_BACKENDS if noise_source == "philox" else tolerance(torch.float32)
 
 
 # ----------------------------------------------------------------------------- in-kernel noise

@@ -191,8 +191,12 @@ def test_bad_arguments(model, diffusion):
         Sampler(model, diffusion, backend="jit")
     with pytest.raises(ValueError, match="unknown method"):
         Sampler(model, diffusion, method="euler")
-    with pytest.raises(ValueError, match="runs all 200 steps"):
-        Sampler(model, diffusion, steps=50)
+    with pytest.raises(ValueError, match=r"steps must lie in \[1, 200\]"):
+        Sampler(model, diffusion, steps=500)
+    with pytest.raises(ValueError, match="eta applies to method='ddim'"):
+        Sampler(model, diffusion, eta=0.5)
+    with pytest.raises(ValueError, match="unknown spacing"):
+        Sampler(model, diffusion, method="ddim", steps=10, spacing="uniform")
     with pytest.raises(ValueError, match="dtype must be one of"):
         Sampler(model, diffusion, dtype=torch.float64)
     sampler = Sampler(model, diffusion)

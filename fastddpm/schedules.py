@@ -1,0 +1,58 @@
+"""Timestep selection for few-step sampling, and the per-step coefficients of the linear samplers.
+
+Spacings follow diffusers' names (Lin et al. 2023 compare them): for T training steps and S sampling steps,
+"linspace" rounds S evenly spaced points of [0, T−1]; "leading" takes multiples of T // S from 0;
+"trailing" counts down from T−1 in steps of T / S. Sequences are returned in sampling order (descending)
+and always end by denoising to x_0 (the step after the last timestep uses ᾱ = 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+__all__ = ["SPACINGS", "timestep_sequence", "ddim_coefficients"]
+
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def timestep_sequence(num_train_steps: int, steps: int, spacing: str = "leading") -> list[int]:
+    """The S timesteps to visit, descending, for a model trained on ``num_train_steps`` (T) steps."""
+    T, S = num_train_steps, steps
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; expected one of {SPACINGS}")
+    if not 1 <= S <= T:
+        raise ValueError(f"steps must lie in [1, {T}] (the training timesteps), got {S}")
+    if spacing == "linspace":
+        seq = np.linspace(0, T - 1, S).round()
+    elif spacing == "leading":
+        seq = np.arange(0, S) * (T // S)
+    else:
+        seq = np.round(np.arange(T, 0, -T / S)) - 1
+    seq = sorted({int(v) for v in seq}, reverse=True)
+    if len(seq) != S:  # rounding merged two steps (possible only for S close to T)
+        raise ValueError(f"spacing {spacing!r} cannot place {S} distinct steps among {T}; try another spacing")
+    return seq
+
+
+def ddim_coefficients(alphas_cumprod: torch.Tensor, timesteps: list[int], eta: float) -> torch.Tensor:
+    """float64 (3, S): rows A, B, C of x_next = A·x + B·ε + C·z for DDIM (Song et al. 2021, eq. 12).
+
+    x̂_0 = (x − √(1−ᾱ_t)·ε)/√ᾱ_t; x_next = √ᾱ_p·x̂_0 + √(1−ᾱ_p−σ²)·ε + σ·z with
+    σ = η·√((1−ᾱ_p)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_p), p the next timestep (ᾱ_p = 1 after the last). η = 1 is the
+    ancestral DDPM step of the respaced chain (its posterior variance); η = 0 is deterministic.
+    """
+    if not (eta >= 0 and math.isfinite(eta)):
+        raise ValueError(f"eta must be a finite number >= 0, got {eta}")
+    abar = alphas_cumprod.detach().to("cpu", torch.float64)
+    rows = []
+    for i, t in enumerate(timesteps):
+        a_t = float(abar[t])
+        a_p = float(abar[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
+        sigma = eta * math.sqrt((1 - a_p) / (1 - a_t)) * math.sqrt(max(0.0, 1 - a_t / a_p))
+        direction = math.sqrt(max(0.0, 1 - a_p - sigma**2))
+        a = math.sqrt(a_p) / math.sqrt(a_t)
+        rows.append((a, direction - a * math.sqrt(1 - a_t), sigma))
+    return torch.tensor(rows, dtype=torch.float64).T.contiguous()

@@ -1,0 +1,136 @@
+"""Few-step samplers (DDIM, respaced DDPM): closed forms, the reference at full length, and sample quality
+against an exact ε-model (a Gaussian mixture whose noised marginals are known in closed form)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fastddpm import GaussianDiffusion, Sampler, Unet
+from fastddpm.oracle import GaussianMixture, sliced_wasserstein
+from fastddpm.schedules import SPACINGS, ddim_coefficients, timestep_sequence
+from fastddpm.tolerances import assert_close
+
+
+@pytest.fixture(scope="module")
+def small_unet():
+    torch.manual_seed(0)
+    return Unet(dim=8, channels=1, dim_mults=(1, 2)).eval()
+
+
+# ----------------------------------------------------------------------------- schedules
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("T,S", [(1000, 10), (1000, 50), (200, 200), (1000, 999), (7, 3)])
+def test_timestep_sequences(spacing, T, S):
+    try:
+        seq = timestep_sequence(T, S, spacing)
+    except ValueError as exc:  # only when rounding would merge steps, and then said so
+        assert "cannot place" in str(exc) and S > T // 2
+        return
+    assert len(seq) == S and seq == sorted(set(seq), reverse=True)
+    assert 0 <= seq[-1] and seq[0] <= T - 1
+    if spacing == "linspace":
+        assert seq[0] == T - 1 and seq[-1] == 0
+    if spacing == "leading":
+        assert seq[-1] == 0 and all(t % (T // S) == 0 for t in seq)
+    if spacing == "trailing":
+        assert seq[0] == T - 1
+
+
+def test_timestep_sequence_rejects_bad_input():
+    with pytest.raises(ValueError, match="unknown spacing"):
+        timestep_sequence(100, 10, "uniform")
+    with pytest.raises(ValueError, match=r"steps must lie in \[1, 100\]"):
+        timestep_sequence(100, 0)
+
+
+def test_ddim_coefficients_closed_form():
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    seq = timestep_sequence(1000, 20, "trailing")
+    x, eps, z = (torch.randn(20, dtype=torch.float64) for _ in range(3))
+    for eta in (0.0, 0.3, 1.0):
+        A, B, C = ddim_coefficients(abar, seq, eta)
+        a_t = abar[seq]
+        a_p = torch.cat([abar[seq[1:]], torch.ones(1, dtype=torch.float64)])
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        sigma = eta * ((1 - a_p) / (1 - a_t)).sqrt() * (1 - a_t / a_p).sqrt()
+        expected = a_p.sqrt() * x0 + (1 - a_p - sigma**2).clamp_min(0).sqrt() * eps + sigma * z
+        assert_close(A * x + B * eps + C * z, expected, torch.float64)
+        if eta == 1.0:  # the respaced ancestral step: C² is the posterior variance of the respaced chain
+            beta = 1 - a_t / a_p
+            assert_close(C**2, (1 - a_p) / (1 - a_t) * beta, torch.float64)
+        assert C[-1] == 0  # the last step lands on x_0 without noise
+
+
+# ----------------------------------------------------------------------------- against the reference
+def test_ddim_eta1_full_chain_is_the_ancestral_reference(small_unet):
+    diffusion = GaussianDiffusion(200)
+    torch.manual_seed(5)
+    expected = np.stack(diffusion.p_sample_loop(small_unet, (3, 1, 8, 8), progress=False))
+    torch.manual_seed(5)
+    _, trajectory = Sampler(small_unet, diffusion, method="ddim", eta=1.0).sample(
+        3, 8, 1, return_trajectory=True, progress=False, clip=False)
+    # Same noise in the same order; coefficients built in float64 instead of the seed's float32 tables.
+    assert_close(trajectory, torch.from_numpy(expected), rtol=1e-5)
+
+
+def rng_after(draws, shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(draws):
+        torch.randn(shape, generator=g)
+    return g.get_state()
+
+
+@pytest.mark.parametrize("method,eta,steps,noisy", [("ddim", 0.0, 20, 0), ("ddim", 0.5, 20, 19), ("ddpm", None, 50, 49)])
+def test_noise_draws_per_method(small_unet, method, eta, steps, noisy):
+    sampler = Sampler(small_unet, GaussianDiffusion(200), method=method, eta=eta, steps=steps)
+    g = torch.Generator().manual_seed(3)
+    sampler.sample(2, 8, 1, generator=g, progress=False)
+    assert torch.equal(g.get_state(), rng_after(1 + noisy, (2, 1, 8, 8), seed=3))
+
+
+# ----------------------------------------------------------------------------- exact-oracle quality
+@pytest.fixture(scope="module")
+def mixture():
+    diffusion = GaussianDiffusion(1000)
+    means = torch.tensor([[-1.0, -1.0, 0.5, 0.0], [1.0, 0.8, -0.5, 0.2], [0.0, 1.0, 1.0, -1.0]])
+    # One narrow component (std 0.05): the hard case for few-step samplers.
+    mix = GaussianMixture(means, [0.1, 0.2, 0.05], [0.5, 0.3, 0.2], diffusion.alphas_cumprod, (1, 2, 2))
+    g = torch.Generator().manual_seed(0)
+    truth, _ = mix.sample(4000, g)
+    other, _ = mix.sample(4000, g)
+    return diffusion, mix, truth, sliced_wasserstein(truth, other)
+
+
+def test_oracle_eps_is_the_score_of_the_noised_marginal(mixture):
+    diffusion, mix, _, _ = mixture
+    x = torch.randn(16, 1, 2, 2, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0, 10, 100, 500, 999] * 3 + [250])
+    abar = diffusion.alphas_cumprod.double()[t]
+    flat = x.reshape(16, -1)
+    var = abar[:, None] * mix.stds[None] ** 2 + 1 - abar[:, None]
+    sq = ((flat[:, None, :] - abar.sqrt()[:, None, None] * mix.means[None]) ** 2).sum(-1)
+    logp = torch.logsumexp(mix.weights.log() - 0.5 * sq / var - 2 * torch.log(2 * math.pi * var), dim=1)
+    (score,) = torch.autograd.grad(logp.sum(), x)
+    expected = -(1 - abar).sqrt()[:, None, None, None] * score
+    assert_close(mix(x.detach(), t), expected, torch.float64)
+
+
+def quality(mixture, **sampler_kwargs):
+    diffusion, mix, truth, floor = mixture
+    out = Sampler(mix, diffusion, **sampler_kwargs).sample(truth.shape[0], (2, 2), 1, seed=1, progress=False,
+                                                           clip=False)
+    return sliced_wasserstein(out, truth) / floor
+
+
+def test_ancestral_with_all_steps_matches_the_truth(mixture):
+    # With the exact ε and all 1000 steps, samples are as close to the data as exact draws are (the
+    # noise floor), up to the floor's own sampling scatter.
+    assert quality(mixture, method="ddpm") < 1.6
+
+
+def test_ddim_improves_with_steps_and_converges(mixture):
+    ratios = [quality(mixture, method="ddim", steps=s, spacing="trailing") for s in (10, 20, 50, 100)]
+    assert ratios[0] > ratios[1] > ratios[2]
+    assert ratios[-1] < 1.6
