@@ -57,3 +57,21 @@ def resolve_impl(impl: str | None, *tensors: torch.Tensor) -> str:
             "interpret kernels on CPU, or use impl='torch')"
         )
     return "triton"
+
+
+def check_update_inputs(x, eps, table, rows: int, noise, seeds, **indices) -> None:
+    """Shared guards of the sampler-update ops: one noise source, matching shapes, integer per-sample
+    indices, a float32 (rows, S) coefficient table on x's device, int64 per-sample seeds."""
+    if (noise is None) == (seeds is None):
+        raise ValueError("pass exactly one noise source: noise=<tensor like x> or seeds=<int64 (B,)>")
+    if eps.shape != x.shape or (noise is not None and noise.shape != x.shape):
+        raise ValueError(f"eps and noise must have x's shape {tuple(x.shape)}")
+    for name, index in indices.items():
+        if index.ndim != 1 or index.shape[0] != x.shape[0] or index.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"{name} must be int64/int32 step indices shaped ({x.shape[0]},), got {index.dtype} {tuple(index.shape)}")
+    if table.ndim != 2 or table.shape[0] != rows or table.dtype != torch.float32 or table.device != x.device:
+        raise ValueError(
+            f"table must be float32 ({rows}, S) on {x.device}, got {table.dtype} {tuple(table.shape)} on {table.device}"
+        )
+    if seeds is not None and (seeds.dtype != torch.int64 or seeds.shape != (x.shape[0],)):
+        raise ValueError(f"seeds must be int64 shaped ({x.shape[0]},), got {seeds.dtype} {tuple(seeds.shape)}")

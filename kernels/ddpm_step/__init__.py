@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._dispatch import resolve_impl
+from .._dispatch import check_update_inputs, resolve_impl
 from . import naive
 
 __all__ = ["ddpm_step"]
@@ -45,16 +45,7 @@ def ddpm_step(
     keyed by (seed, t, element). Steps with t = 0 add no noise. Every t must lie in [0, T): it indexes
     the table on the device, unchecked (checking would sync with the host every step).
     """
-    if (noise is None) == (seeds is None):
-        raise ValueError("pass exactly one noise source: noise=<tensor like x> or seeds=<int64 (B,)>")
-    if eps.shape != x.shape or (noise is not None and noise.shape != x.shape):
-        raise ValueError(f"eps and noise must have x's shape {tuple(x.shape)}")
-    if t.ndim != 1 or t.shape[0] != x.shape[0] or t.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"t must be int64/int32 step indices shaped ({x.shape[0]},), got {t.dtype} {tuple(t.shape)}")
-    if table.ndim != 2 or table.shape[0] != 4 or table.dtype != torch.float32 or table.device != x.device:
-        raise ValueError(f"table must be float32 (4, T) on {x.device}, got {table.dtype} {tuple(table.shape)} on {table.device}")
-    if seeds is not None and (seeds.dtype != torch.int64 or seeds.shape != (x.shape[0],)):
-        raise ValueError(f"seeds must be int64 shaped ({x.shape[0]},), got {seeds.dtype} {tuple(seeds.shape)}")
+    check_update_inputs(x, eps, table, 4, noise, seeds, t=t)
     return _ddpm_step_op(
         x.contiguous(), eps.contiguous(), t.contiguous(), table.contiguous(),
         None if noise is None else noise.contiguous(), None if seeds is None else seeds.contiguous(),

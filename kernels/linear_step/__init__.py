@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._dispatch import resolve_impl
+from .._dispatch import check_update_inputs, resolve_impl
 from . import naive
 
 __all__ = ["linear_step"]
@@ -43,17 +43,7 @@ def linear_step(
     ``k`` (int, (B,)) picks the column; ``t`` (int, (B,)) is the diffusion timestep keying counter-based
     noise when ``seeds`` is given instead of ``noise``. Steps with C_k = 0 add no noise.
     """
-    if (noise is None) == (seeds is None):
-        raise ValueError("pass exactly one noise source: noise=<tensor like x> or seeds=<int64 (B,)>")
-    if eps.shape != x.shape or (noise is not None and noise.shape != x.shape):
-        raise ValueError(f"eps and noise must have x's shape {tuple(x.shape)}")
-    for name, index in (("k", k), ("t", t)):
-        if index.ndim != 1 or index.shape[0] != x.shape[0] or index.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"{name} must be int64/int32 shaped ({x.shape[0]},), got {index.dtype} {tuple(index.shape)}")
-    if coefs.ndim != 2 or coefs.shape[0] != 3 or coefs.dtype != torch.float32 or coefs.device != x.device:
-        raise ValueError(f"coefs must be float32 (3, S) on {x.device}, got {coefs.dtype} {tuple(coefs.shape)} on {coefs.device}")
-    if seeds is not None and (seeds.dtype != torch.int64 or seeds.shape != (x.shape[0],)):
-        raise ValueError(f"seeds must be int64 shaped ({x.shape[0]},), got {seeds.dtype} {tuple(seeds.shape)}")
+    check_update_inputs(x, eps, coefs, 3, noise, seeds, k=k, t=t)
     return _linear_step_op(
         x.contiguous(), eps.contiguous(), k.contiguous(), coefs.contiguous(), t.contiguous(),
         None if noise is None else noise.contiguous(), None if seeds is None else seeds.contiguous(),
