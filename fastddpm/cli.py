@@ -78,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", default="samples.png", help="output .png grid or .npz array (default samples.png)")
     sample.add_argument("--image-size", type=_positive_int, help="sample size (default: the training size)")
     sample.add_argument("--channels", type=_positive_int, help="check the checkpoint has this many channels")
-    sample.add_argument("--method", choices=("ddpm", "ddim"), default="ddpm",
-                        help="ddpm: ancestral (default); ddim: deterministic with --eta 0, few steps")
+    sample.add_argument("--method", choices=("ddpm", "ddim", "dpmsolver++"), default="ddpm",
+                        help="ddpm: ancestral (default); ddim (--eta 0: deterministic) and dpmsolver++: few steps")
     sample.add_argument("--steps", type=_positive_int,
                         help="sampling steps (default: all the model's timesteps); fewer respace the chain")
     sample.add_argument("--eta", type=float, help="DDIM's η (default 0: deterministic); ddim only")

@@ -25,12 +25,12 @@ import torch
 
 from .compiler import CompileConfig, compile_step
 from .diffusion import GaussianDiffusion, _model_device
-from .schedules import ddim_coefficients, timestep_sequence
+from .schedules import ddim_coefficients, dpmsolver_coefficients, timestep_sequence
 
 __all__ = ["Sampler", "SamplerStats", "BACKENDS", "NOISE_SOURCES"]
 
 BACKENDS = ("auto", "eager", "compile", "cudagraph")
-METHODS = ("ddpm", "ddim")
+METHODS = ("ddpm", "ddim", "dpmsolver++")
 NOISE_SOURCES = ("torch", "philox")
 _MODEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -50,7 +50,7 @@ class Sampler:
 
     ``Sampler(model, diffusion, method="ddpm", steps=None, backend="auto", dtype=torch.float32)``:
     ``method`` "ddpm" (ancestral; all T steps run the reference's update, fewer steps respace the chain)
-    or "ddim" (``eta`` ≥ 0, default 0: deterministic); ``steps`` visited timesteps (default T), placed by
+    or "ddim" (``eta`` ≥ 0, default 0: deterministic) or "dpmsolver++" (multistep, order 2); ``steps`` visited timesteps (default T), placed by
     ``spacing`` "leading" | "trailing" | "linspace" (diffusers' names); every chain ends at x_0.
     ``dtype`` is the precision the model runs in (bf16/fp16 through autocast); the sample state and the
     update stay float32. ``backend``: "eager", "compile" (torch.compile of one step; CPU and CUDA),
@@ -76,6 +76,8 @@ class Sampler:
     ):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+        if method == "dpmsolver++" and backend == "cudagraph":
+            raise ValueError("method 'dpmsolver++' runs on the eager and compile backends (cudagraph: not yet)")
         if eta is not None and method != "ddim":
             raise ValueError("eta applies to method='ddim' (the ancestral 'ddpm' step is η = 1)")
         if backend not in BACKENDS:
@@ -103,11 +105,16 @@ class Sampler:
         # The full ancestral chain runs the reference's own update (fused); anything else — DDIM, or DDPM
         # on a respaced chain (DDIM with η = 1) — the linear update with float64-built coefficients.
         self.exact_ddpm = method == "ddpm" and self.num_steps == T
+        self.multistep = method == "dpmsolver++"
         self.eta = 1.0 if method == "ddpm" else (0.0 if eta is None else float(eta))
         # Tables on the model's device, built once.
         if self.exact_ddpm:
             self.table = diffusion.ddpm_step_table().to(self.device)
             self._noisy_steps = [t > 0 for t in self.timestep_sequence]
+        elif self.multistep:
+            abar = torch.cumprod(1 - diffusion.betas.detach().to("cpu", torch.float64), 0)
+            self.table = dpmsolver_coefficients(abar, self.timestep_sequence).to(self.device, torch.float32)
+            self._noisy_steps = [False] * self.num_steps  # an ODE solver: no noise after x_T
         else:
             abar = torch.cumprod(1 - diffusion.betas.detach().to("cpu", torch.float64), 0)
             coefs = ddim_coefficients(abar, self.timestep_sequence, self.eta)
@@ -124,11 +131,14 @@ class Sampler:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def _step(self, x, t, k, noise, seeds):
-        """One step: ε̂ = model(x, t), then the fused update (k indexes the step's coefficients)."""
-        from .kernels import ddpm_step, linear_step
+        """One step: ε̂ = model(x, t), then the fused update (k indexes the step's coefficients). For the
+        multistep solver ``noise`` carries the previous x̂_0 and the step returns (x_next, x̂_0)."""
+        from .kernels import ddpm_step, linear_step, multistep_update
 
         with self._autocast():
             eps = self.model(x, t)
+        if self.multistep:
+            return multistep_update(x, eps, noise, k, self.table, impl=self.kernels)
         if self.exact_ddpm:
             return ddpm_step(x, eps, t, self.table, noise=noise, seeds=seeds, impl=self.kernels)
         return linear_step(x, eps, k, self.table, t, noise=noise, seeds=seeds, impl=self.kernels)
@@ -243,20 +253,20 @@ class Sampler:
         from tqdm.auto import tqdm
 
         T = self.num_steps
-        z = torch.empty_like(x) if seeds is None else None  # the per-step noise buffer, allocated once
+        # The per-step noise buffer, allocated once; for the multistep solver, the previous x̂_0 instead.
+        z = torch.zeros_like(x) if (seeds is None or self.multistep) else None
         for k in tqdm(range(T), desc=f"sampling ({self.backend})", disable=not progress, leave=False):
             t = timesteps[k]
-            if z is not None:
+            if z is not None and not self.multistep:
                 # The reference draws one randn_like per noisy step (t = T−1 … 1; none at t = 0); normal_
                 # in place draws the same numbers as randn. The model draws nothing, so the order matches.
                 z.normal_(generator=generator) if self._noisy_steps[k] else z.zero_()
+            warm = time.perf_counter()
+            out = step(x, t, indices[k], z, seeds)
+            x, z = out if self.multistep else (out, z)
             if k == 0 and self.backend == "compile":
-                warm = time.perf_counter()
-                x = step(x, t, indices[k], z, seeds)
                 _synchronize(x.device)
                 self.stats.warmup_seconds = time.perf_counter() - warm  # compile, or a cache lookup
-            else:
-                x = step(x, t, indices[k], z, seeds)
             if trajectory is not None and k % stride == 0:
                 trajectory[k // stride].copy_(x)
             if callback is not None:

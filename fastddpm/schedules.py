@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["SPACINGS", "timestep_sequence", "ddim_coefficients"]
+__all__ = ["SPACINGS", "timestep_sequence", "ddim_coefficients", "dpmsolver_coefficients"]
 
 SPACINGS = ("leading", "trailing", "linspace")
 
@@ -55,4 +55,35 @@ def ddim_coefficients(alphas_cumprod: torch.Tensor, timesteps: list[int], eta: f
         direction = math.sqrt(max(0.0, 1 - a_p - sigma**2))
         a = math.sqrt(a_p) / math.sqrt(a_t)
         rows.append((a, direction - a * math.sqrt(1 - a_t), sigma))
+    return torch.tensor(rows, dtype=torch.float64).T.contiguous()
+
+
+def dpmsolver_coefficients(alphas_cumprod: torch.Tensor, timesteps: list[int]) -> torch.Tensor:
+    """float64 (5, S): rows A, B, E, F, G of DPM-Solver++(2M) (Lu et al. 2022, data prediction).
+
+    With α = √ᾱ, σ = √(1−ᾱ), λ = log(α/σ), h = λ_next − λ_s and φ = e^{−h} − 1, one step from s is
+    x̂_0 = F·x + G·ε (F = 1/α_s, G = −σ_s/α_s) and x_next = (σ_next/σ_s)·x − α_next·φ·D, where D = x̂_0 for
+    the first step and the last (which lands on x_0, σ = 0), and otherwise the second-order
+    D = (1 + 1/(2r))·x̂_0 − x̂_0,prev/(2r) with r = h_prev/h. Expanded: x_next = A·x + B·ε + E·x̂_0,prev.
+    """
+    abar = alphas_cumprod.detach().to("cpu", torch.float64)
+    alpha = [math.sqrt(float(abar[t])) for t in timesteps]
+    sigma = [math.sqrt(1 - float(abar[t])) for t in timesteps]
+    lam = [math.log(a / s) for a, s in zip(alpha, sigma)]
+    rows = []
+    S = len(timesteps)
+    for i in range(S):
+        f, g = 1 / alpha[i], -sigma[i] / alpha[i]
+        if i + 1 < S:
+            h = lam[i + 1] - lam[i]
+            phi = math.expm1(-h)
+            ratio, a_next = sigma[i + 1] / sigma[i], alpha[i + 1]
+        else:  # the last step lands on x_0: σ = 0, α = 1, e^{−h} = 0
+            h, phi, ratio, a_next = math.inf, -1.0, 0.0, 1.0
+        if i == 0 or i == S - 1:
+            c_x0, c_prev = -a_next * phi, 0.0
+        else:
+            r = (lam[i] - lam[i - 1]) / h
+            c_x0, c_prev = -a_next * phi * (1 + 1 / (2 * r)), a_next * phi / (2 * r)
+        rows.append((ratio + c_x0 * f, c_x0 * g, c_prev, f, g))
     return torch.tensor(rows, dtype=torch.float64).T.contiguous()

@@ -9,6 +9,7 @@ from ._dispatch import ENV_VAR, IMPLS, interpreting, resolve_impl, triton_availa
 from .ddpm_step import ddpm_step
 from .linear_attention import linear_attention
 from .linear_step import linear_step
+from .multistep_update import multistep_update
 from .noise import randn_philox
 from .q_sample import q_sample
 
@@ -17,6 +18,7 @@ __all__ = [
     "ddpm_step",
     "linear_attention",
     "linear_step",
+    "multistep_update",
     "randn_philox",
     "resolve_impl",
     "triton_available",

@@ -39,6 +39,8 @@ def builds() -> list[KernelBuild]:
     from .linear_attention.fused import _linear_attention_kernel, launch_config
     from .linear_step.fused import BLOCK as LINEAR_BLOCK
     from .linear_step.fused import _linear_step_kernel
+    from .multistep_update.fused import BLOCK as MULTISTEP_BLOCK
+    from .multistep_update.fused import _multistep_update_kernel
     from .noise.fused import BLOCK as NOISE_BLOCK
     from .noise.fused import _randn_philox_kernel
     from .q_sample.fused import BLOCK as Q_BLOCK
@@ -67,6 +69,13 @@ def builds() -> list[KernelBuild]:
                  "NOISE_FROM_SEEDS": "constexpr", "BLOCK": "constexpr"},
                 {"NOISE_FROM_SEEDS": from_seeds, "BLOCK": LINEAR_BLOCK},
                 ("out_ptr", "x_ptr", "eps_ptr", "noise_ptr", "numel_per_sample"), True))
+        out.append(KernelBuild(
+            f"multistep_update[{dt}]", _multistep_update_kernel,
+            {"out_ptr": "*fp32", "x0_out_ptr": "*fp32", "x_ptr": "*fp32", "eps_ptr": _TT[dt], "x0_prev_ptr": "*fp32",
+             "k_ptr": "*i64", "coefs_ptr": "*fp32", "numel_per_sample": "i32", "num_steps": "i32",
+             "BLOCK": "constexpr"},
+            {"BLOCK": MULTISTEP_BLOCK},
+            ("out_ptr", "x0_out_ptr", "x_ptr", "eps_ptr", "x0_prev_ptr", "numel_per_sample"), True))
     out.append(KernelBuild(
         "randn_philox", _randn_philox_kernel,
         {"out_ptr": "*fp32", "seeds_ptr": "*i64", "steps_ptr": "*i64", "numel_per_sample": "i32", "BLOCK": "constexpr"},

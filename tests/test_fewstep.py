@@ -134,3 +134,42 @@ def test_ddim_improves_with_steps_and_converges(mixture):
     ratios = [quality(mixture, method="ddim", steps=s, spacing="trailing") for s in (10, 20, 50, 100)]
     assert ratios[0] > ratios[1] > ratios[2]
     assert ratios[-1] < 1.6
+
+
+# ----------------------------------------------------------------------------- DPM-Solver++(2M)
+def test_dpmsolver_coefficients_closed_form():
+    from fastddpm.schedules import dpmsolver_coefficients
+
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    seq = timestep_sequence(1000, 12, "trailing")
+    A, B, E, F, G = dpmsolver_coefficients(abar, seq)
+    ddim = ddim_coefficients(abar, seq, 0.0)
+    # First order (the first step, and the last, which lands on x_0) is DDIM with η = 0.
+    for i in (0, len(seq) - 1):
+        assert_close(torch.stack([A[i], B[i]]), ddim[:2, i], torch.float64)
+        assert E[i] == 0
+    # A middle step against the paper's second-order multistep formula, term by term.
+    alpha, sigma = abar[seq].sqrt(), (1 - abar[seq]).sqrt()
+    lam = (alpha / sigma).log()
+    x, eps, x0_prev = (torch.randn(3, dtype=torch.float64) for _ in range(3))
+    for i in range(1, len(seq) - 1):
+        x0 = (x - sigma[i] * eps) / alpha[i]
+        assert_close(F[i] * x + G[i] * eps, x0, torch.float64)
+        h = lam[i + 1] - lam[i]
+        r = (lam[i] - lam[i - 1]) / h
+        D = (1 + 1 / (2 * r)) * x0 - x0_prev / (2 * r)
+        expected = sigma[i + 1] / sigma[i] * x - alpha[i + 1] * torch.expm1(-h) * D
+        assert_close(A[i] * x + B[i] * eps + E[i] * x0_prev, expected, torch.float64)
+
+
+def test_dpmsolver_improves_with_steps_and_converges(mixture):
+    ratios = [quality(mixture, method="dpmsolver++", steps=s, spacing="trailing") for s in (10, 20, 50)]
+    assert ratios[0] > ratios[1] > ratios[2]
+    assert ratios[-1] < 1.6
+
+
+def test_dpmsolver_draws_no_noise_after_x_T(small_unet):
+    sampler = Sampler(small_unet, GaussianDiffusion(200), method="dpmsolver++", steps=10)
+    g = torch.Generator().manual_seed(4)
+    sampler.sample(2, 8, 1, generator=g, progress=False)
+    assert torch.equal(g.get_state(), rng_after(1, (2, 1, 8, 8), seed=4))
