@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--steps", type=_positive_int,
                         help="sampling steps (default: all the model's timesteps); fewer respace the chain")
     sample.add_argument("--eta", type=float, help="DDIM's η (default 0: deterministic); ddim only")
-    sample.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default="trailing",
-                        help="where the --steps timesteps fall (default trailing: it starts at the last timestep)")
+    sample.add_argument("--spacing", choices=("leading", "trailing", "linspace", "logsnr"), default="logsnr",
+                        help="where the --steps timesteps fall (default logsnr: even in log-SNR, best for few steps)")
     sample.add_argument("--backend", choices=("auto", "eager", "compile", "cudagraph"), default="auto",
                         help="sampler backend (default auto: cudagraph on CUDA, eager on CPU)")
     sample.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",

@@ -51,7 +51,8 @@ class Sampler:
     ``Sampler(model, diffusion, method="ddpm", steps=None, backend="auto", dtype=torch.float32)``:
     ``method`` "ddpm" (ancestral; all T steps run the reference's update, fewer steps respace the chain)
     or "ddim" (``eta`` ≥ 0, default 0: deterministic) or "dpmsolver++" (multistep, order 2); ``steps`` visited timesteps (default T), placed by
-    ``spacing`` "leading" | "trailing" | "linspace" (diffusers' names); every chain ends at x_0.
+    ``spacing`` "leading" | "trailing" | "linspace" (diffusers' names) | "logsnr" (uniform in log-SNR);
+    every chain ends at x_0.
     ``dtype`` is the precision the model runs in (bf16/fp16 through autocast); the sample state and the
     update stay float32. ``backend``: "eager", "compile" (torch.compile of one step; CPU and CUDA),
     "cudagraph" (CUDA only: the whole loop captured as one graph per (batch, shape)), or "auto" (cudagraph
@@ -100,7 +101,8 @@ class Sampler:
         self.compile_config = compile_config or CompileConfig()
         self.diffusion = diffusion
         T = diffusion.num_timesteps
-        self.timestep_sequence = timestep_sequence(T, steps if steps is not None else T, spacing)
+        abar64 = torch.cumprod(1 - diffusion.betas.detach().to("cpu", torch.float64), 0)
+        self.timestep_sequence = timestep_sequence(T, steps if steps is not None else T, spacing, abar64)
         self.num_steps = len(self.timestep_sequence)
         # The full ancestral chain runs the reference's own update (fused); anything else — DDIM, or DDPM
         # on a respaced chain (DDIM with η = 1) — the linear update with float64-built coefficients.
@@ -112,12 +114,10 @@ class Sampler:
             self.table = diffusion.ddpm_step_table().to(self.device)
             self._noisy_steps = [t > 0 for t in self.timestep_sequence]
         elif self.multistep:
-            abar = torch.cumprod(1 - diffusion.betas.detach().to("cpu", torch.float64), 0)
-            self.table = dpmsolver_coefficients(abar, self.timestep_sequence).to(self.device, torch.float32)
+            self.table = dpmsolver_coefficients(abar64, self.timestep_sequence).to(self.device, torch.float32)
             self._noisy_steps = [False] * self.num_steps  # an ODE solver: no noise after x_T
         else:
-            abar = torch.cumprod(1 - diffusion.betas.detach().to("cpu", torch.float64), 0)
-            coefs = ddim_coefficients(abar, self.timestep_sequence, self.eta)
+            coefs = ddim_coefficients(abar64, self.timestep_sequence, self.eta)
             self.table = coefs.to(device=self.device, dtype=torch.float32)
             self._noisy_steps = [bool(c != 0) for c in coefs[2].tolist()]
         self.stats = SamplerStats(backend=backend, steps=self.num_steps)

@@ -2,8 +2,11 @@
 
 Spacings follow diffusers' names (Lin et al. 2023 compare them): for T training steps and S sampling steps,
 "linspace" rounds S evenly spaced points of [0, T−1]; "leading" takes multiples of T // S from 0;
-"trailing" counts down from T−1 in steps of T / S. Sequences are returned in sampling order (descending)
-and always end by denoising to x_0 (the step after the last timestep uses ᾱ = 1).
+"trailing" counts down from T−1 in steps of T / S. "logsnr" (this library's) places the steps uniformly
+in λ = log(√ᾱ/√(1−ᾱ)) between t = T−1 and t = 0, each at the training timestep nearest in λ — the step
+placement DPM-Solver's authors recommend for few steps; it needs the schedule (``alphas_cumprod``).
+Sequences are returned in sampling order (descending) and always end by denoising to x_0 (the step
+after the last timestep uses ᾱ = 1).
 """
 
 from __future__ import annotations
@@ -15,17 +18,31 @@ import torch
 
 __all__ = ["SPACINGS", "timestep_sequence", "ddim_coefficients", "dpmsolver_coefficients"]
 
-SPACINGS = ("leading", "trailing", "linspace")
+SPACINGS = ("leading", "trailing", "linspace", "logsnr")
 
 
-def timestep_sequence(num_train_steps: int, steps: int, spacing: str = "leading") -> list[int]:
+def timestep_sequence(
+    num_train_steps: int, steps: int, spacing: str = "leading", alphas_cumprod: torch.Tensor | None = None
+) -> list[int]:
     """The S timesteps to visit, descending, for a model trained on ``num_train_steps`` (T) steps."""
     T, S = num_train_steps, steps
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; expected one of {SPACINGS}")
     if not 1 <= S <= T:
         raise ValueError(f"steps must lie in [1, {T}] (the training timesteps), got {S}")
-    if spacing == "linspace":
+    if spacing == "logsnr":
+        if alphas_cumprod is None or alphas_cumprod.shape != (T,):
+            raise ValueError(f"spacing 'logsnr' needs the schedule's alphas_cumprod (T={T} values)")
+        abar = alphas_cumprod.detach().to("cpu", torch.float64)
+        lam = 0.5 * torch.log(abar / (1 - abar))
+        targets = torch.linspace(float(lam[T - 1]), float(lam[0]), S, dtype=torch.float64)
+        seq, upper = [], T  # each pick lies below the previous one and leaves room for the rest
+        for i, v in enumerate(targets.tolist()):
+            lower = S - 1 - i
+            window = lam[lower:upper]
+            upper = lower + int(torch.argmin((window - v).abs()))
+            seq.append(upper)
+    elif spacing == "linspace":
         seq = np.linspace(0, T - 1, S).round()
     elif spacing == "leading":
         seq = np.arange(0, S) * (T // S)
