@@ -1,0 +1,82 @@
+"""Few-step solvers on the exact-ε Gaussian-mixture harness, against diffusers' solvers as the anchor.
+
+Runs fastddpm's samplers and diffusers' DPM-Solver++(2M) and UniPC (both with Karras sigmas) from the same
+x_T on the same exact ε-model, and prints distance-to-truth over the noise floor, the largest component
+weight error and the narrow component's spread ratio (see fastddpm.oracle.evaluate).
+
+    python benchmarks/bench_solvers.py [--num 4000] [--out benchmarks/results/solvers.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from common import append_rows, environment  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num", type=int, default=4000)
+    parser.add_argument("--out", default="benchmarks/results/solvers.csv")
+    args = parser.parse_args(argv)
+
+    from fastddpm import GaussianDiffusion, Sampler
+    from fastddpm.kernels import randn_philox
+    from fastddpm.oracle import GaussianMixture, evaluate
+
+    T, n = 1000, args.num
+    diffusion = GaussianDiffusion(T)
+    means = torch.tensor([[-1.0, -1.0, 0.5, 0.0], [1.0, 0.8, -0.5, 0.2], [0.0, 1.0, 1.0, -1.0]])
+    mix = GaussianMixture(means, [0.1, 0.2, 0.05], [0.5, 0.3, 0.2], diffusion.alphas_cumprod, (1, 2, 2))
+    g = torch.Generator().manual_seed(0)
+    refs = [mix.sample(n, g)[0] for _ in range(4)]
+    seeds = torch.arange(n, dtype=torch.int64) + 1
+    x_T = randn_philox(seeds, T, (1, 2, 2))  # the x_T our philox sampler starts from with seed=1
+
+    results = []
+
+    def ours(method, steps, spacing):
+        out = Sampler(mix, diffusion, method=method, steps=steps, spacing=spacing).sample(
+            n, (2, 2), 1, seed=1, noise="philox", progress=False, clip=False)
+        return f"fastddpm {method} ({spacing})", out
+
+    def anchor(name, scheduler, steps):
+        scheduler.set_timesteps(steps)
+        x = x_T.clone() * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            x = scheduler.step(mix(x, torch.full((n,), int(t))), t, x).prev_sample
+        return f"diffusers {name}", x
+
+    try:
+        import diffusers
+    except ImportError:
+        diffusers = None
+        print("diffusers is not installed: the anchor rows are skipped (pip install 'fastddpm[compare]')")
+    for steps in (10, 15, 20):
+        runs = [ours("dpmsolver++", steps, "logsnr"), ours("ddim", steps, "logsnr"), ours("dpmsolver++", steps, "trailing")]
+        if diffusers is not None:
+            common = dict(num_train_timesteps=T, beta_schedule="linear", use_karras_sigmas=True)
+            runs.append(anchor("DPM-Solver++(2M) Karras", diffusers.DPMSolverMultistepScheduler(
+                algorithm_type="dpmsolver++", solver_order=2, **common), steps))
+            runs.append(anchor("UniPC Karras", diffusers.UniPCMultistepScheduler(**common), steps))
+        for name, out in runs:
+            report = evaluate(mix, out, refs)
+            results.append((name, steps, report))
+    print("| solver | evaluations | W / floor | weight error | spread ratio (narrow) |")
+    print("|---|---|---|---|---|")
+    env = environment("cpu")
+    rows = []
+    for name, steps, r in results:
+        print(f"| {name} | {steps} | {r.w_over_floor:.2f} | {r.weight_error:.3f} | {r.spread_ratio[2]:.2f} |")
+        rows.append({**env, "solver": name, "evaluations": steps, "w_over_floor": round(r.w_over_floor, 3),
+                     "weight_error": round(r.weight_error, 4), "spread_narrow": round(r.spread_ratio[2], 3)})
+    append_rows(args.out, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
