@@ -77,8 +77,6 @@ class Sampler:
     ):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-        if method == "dpmsolver++" and backend == "cudagraph":
-            raise ValueError("method 'dpmsolver++' runs on the eager and compile backends (cudagraph: not yet)")
         if eta is not None and method != "ddim":
             raise ValueError("eta applies to method='ddim' (the ancestral 'ddpm' step is η = 1)")
         if backend not in BACKENDS:
@@ -305,12 +303,16 @@ class _LoopGraph:
 
         def loop():
             state = self.x
+            x0_prev = torch.zeros_like(state) if sampler.multistep else None
             for k in range(T):
                 t = self.timesteps[k]
-                z = None
-                if self.seeds is None:
-                    z = torch.randn_like(state) if sampler._noisy_steps[k] else torch.zeros_like(state)
-                state = sampler._step(state, t, self.indices[k], z, self.seeds)
+                if sampler.multistep:  # the multistep solver carries x̂_0 instead of drawing noise
+                    state, x0_prev = sampler._step(state, t, self.indices[k], x0_prev, None)
+                else:
+                    z = None
+                    if self.seeds is None:
+                        z = torch.randn_like(state) if sampler._noisy_steps[k] else torch.zeros_like(state)
+                    state = sampler._step(state, t, self.indices[k], z, self.seeds)
                 if self.trajectory is not None and k % stride == 0:
                     self.trajectory[k // stride].copy_(state)
             return state

@@ -197,3 +197,14 @@ def test_dpmsolver_draws_no_noise_after_x_T(small_unet):
     g = torch.Generator().manual_seed(4)
     sampler.sample(2, 8, 1, generator=g, progress=False)
     assert torch.equal(g.get_state(), rng_after(1, (2, 1, 8, 8), seed=4))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["ddim", "dpmsolver++"])
+def test_few_step_methods_on_compile_backend_match_eager(small_unet, method):
+    diffusion = GaussianDiffusion(200)
+    kwargs = dict(method=method, steps=10, spacing="logsnr")
+    eager = Sampler(small_unet, diffusion, **kwargs).sample(2, 8, 1, seed=3, noise="philox", progress=False)
+    compiled = Sampler(small_unet, diffusion, backend="compile", **kwargs).sample(
+        2, 8, 1, seed=3, noise="philox", progress=False)
+    assert_close(compiled, eager, rtol=1e-5)
