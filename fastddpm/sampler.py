@@ -259,10 +259,11 @@ class Sampler:
                 # The reference draws one randn_like per noisy step (t = T−1 … 1; none at t = 0); normal_
                 # in place draws the same numbers as randn. The model draws nothing, so the order matches.
                 z.normal_(generator=generator) if self._noisy_steps[k] else z.zero_()
-            warm = time.perf_counter()
+            timing_warmup = k == 0 and self.backend == "compile"
+            warm = time.perf_counter() if timing_warmup else 0.0
             out = step(x, t, indices[k], z, seeds)
             x, z = out if self.multistep else (out, z)
-            if k == 0 and self.backend == "compile":
+            if timing_warmup:
                 _synchronize(x.device)
                 self.stats.warmup_seconds = time.perf_counter() - warm  # compile, or a cache lookup
             if trajectory is not None and k % stride == 0:
