@@ -13,6 +13,9 @@ from .diffusion import (
 )
 from .checkpoint import CheckpointError, load, save
 from .sampler import Sampler
+# onnx and onnxruntime (the "onnx" extra) are imported only when these are called.
+from .onnx_export import OnnxModelError, export_onnx, export_onnx_sampler
+from .ort_sampler import OrtSampler
 from .unet import Unet, UnetConfig
 
 __all__ = [
@@ -20,6 +23,10 @@ __all__ = [
     "Unet",
     "UnetConfig",
     "Sampler",
+    "OrtSampler",
+    "export_onnx",
+    "export_onnx_sampler",
+    "OnnxModelError",
     "save",
     "load",
     "CheckpointError",

@@ -86,13 +86,20 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
     if METADATA_KEY not in header:
         raise CheckpointError(f"{path}: safetensors file without fastddpm metadata (header key {METADATA_KEY!r})")
-    try:
-        meta = json.loads(header[METADATA_KEY])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: fastddpm metadata is not valid JSON ({exc})") from None
-    if meta.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {meta.get('format')!r}; this fastddpm reads format {FORMAT_VERSION}")
+    meta = decode_metadata(path, header[METADATA_KEY], FORMAT_VERSION, CheckpointError, "checkpoint")
     return tensors, meta
+
+
+def decode_metadata(path, text: str, version: int, error: type[Exception], what: str) -> dict[str, Any]:
+    """The JSON document a fastddpm file keeps in its metadata, checked to be of format ``version``."""
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: fastddpm metadata is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != version:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise error(f"{path}: {what} format {found!r}; this fastddpm reads format {version}")
+    return meta
 
 
 def save(

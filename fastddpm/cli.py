@@ -56,6 +56,20 @@ def _int_tuple(text: str) -> tuple[int, ...]:
     return values
 
 
+def _add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", choices=("ddpm", "ddim", "dpmsolver++"),
+                        help="ddpm: ancestral (default); ddim (--eta 0: deterministic) and dpmsolver++: few steps")
+    parser.add_argument("--steps", type=_positive_int,
+                        help="sampling steps (default: all the model's timesteps); fewer respace the chain")
+    parser.add_argument("--eta", type=float, help="DDIM's η (default 0: deterministic); ddim only")
+    parser.add_argument("--spacing", choices=("leading", "trailing", "linspace", "logsnr"),
+                        help="where the --steps timesteps fall (default logsnr: even in log-SNR, best for few steps)")
+
+
+def _sampler_settings(args: argparse.Namespace) -> dict:
+    return dict(method=args.method or "ddpm", steps=args.steps, eta=args.eta, spacing=args.spacing or "logsnr")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastddpm",
@@ -78,21 +92,35 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", default="samples.png", help="output .png grid or .npz array (default samples.png)")
     sample.add_argument("--image-size", type=_positive_int, help="sample size (default: the training size)")
     sample.add_argument("--channels", type=_positive_int, help="check the checkpoint has this many channels")
-    sample.add_argument("--method", choices=("ddpm", "ddim", "dpmsolver++"), default="ddpm",
-                        help="ddpm: ancestral (default); ddim (--eta 0: deterministic) and dpmsolver++: few steps")
-    sample.add_argument("--steps", type=_positive_int,
-                        help="sampling steps (default: all the model's timesteps); fewer respace the chain")
-    sample.add_argument("--eta", type=float, help="DDIM's η (default 0: deterministic); ddim only")
-    sample.add_argument("--spacing", choices=("leading", "trailing", "linspace", "logsnr"), default="logsnr",
-                        help="where the --steps timesteps fall (default logsnr: even in log-SNR, best for few steps)")
-    sample.add_argument("--backend", choices=("auto", "eager", "compile", "cudagraph"), default="auto",
-                        help="sampler backend (default auto: cudagraph on CUDA, eager on CPU)")
-    sample.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                        help="precision the U-Net runs in; the sample state stays fp32 (default fp32)")
+    _add_sampler_arguments(sample)
+    sample.add_argument("--backend", choices=("auto", "eager", "compile", "cudagraph", "onnxruntime"), default="auto",
+                        help="sampler backend (default auto: cudagraph on CUDA, eager on CPU, onnxruntime with --onnx)")
+    sample.add_argument("--onnx", metavar="MODEL.onnx", help="sample from this ONNX export (fastddpm export) in ONNX Runtime")
+    sample.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
+                        help="precision the U-Net runs in; the sample state stays fp32 (default fp32; "
+                        "an ONNX export's is fixed when it is exported)")
     sample.add_argument("--noise", choices=("torch", "philox"), default="torch",
                         help="torch: the reference's random stream; philox: per-sample seeds (seed+i for image i)")
     sample.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sample.set_defaults(func=_cmd_sample)
+
+    export = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX (the ε-U-Net, or the whole sampler as one ONNX Loop)",
+        description="Export the ε-U-Net of a checkpoint to ONNX (inputs x float32 and t int64, dynamic batch and "
+        "size, the diffusion in the metadata), or with --sampler the whole sampler as one model (inputs x_T "
+        "and, for stochastic samplers, noise).",
+    )
+    export.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the bundled digits model)")
+    export.add_argument("--out", required=True, help="output .onnx file")
+    export.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                        help="fp16: float16 weights and activations, float32 inputs and outputs (default fp32)")
+    export.add_argument("--image-size", type=_positive_int, help="default sample size (default: the training size)")
+    export.add_argument("--static-size", action="store_true", help="fix height and width (default: dynamic)")
+    export.add_argument("--sampler", action="store_true",
+                        help="export the whole sampler (--method, --steps, --spacing, --eta) as one ONNX Loop")
+    _add_sampler_arguments(export)
+    export.set_defaults(func=_cmd_export)
 
     train = sub.add_parser(
         "train",
@@ -140,17 +168,21 @@ def _device(name: str):
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
-    import numpy as np
     import torch
 
     from .checkpoint import load_checkpoint
-    from .fileio import atomic_path, save_image_grid, to_uint8_images
 
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".npz"):
         raise CLIError(f"--out must end in .png (a grid) or .npz (uint8 images), got {args.out!r}")
     if not out.parent.exists():
         raise CLIError(f"--out folder {str(out.parent)!r} does not exist")
+    if args.onnx is not None and args.backend == "auto":
+        args.backend = "onnxruntime"
+    if args.backend == "onnxruntime":
+        return _sample_onnx(args, out)
+    if args.onnx is not None:
+        raise CLIError(f"--onnx samples in ONNX Runtime; it does not go with --backend {args.backend}")
     device = _device(args.device)
     loaded = load_checkpoint(args.checkpoint, device=device)
     model, diffusion = loaded.model, loaded.diffusion
@@ -165,10 +197,9 @@ def _cmd_sample(args: argparse.Namespace) -> None:
 
     from .sampler import Sampler
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision or "fp32"]
     try:
-        sampler = Sampler(model, diffusion, method=args.method, steps=args.steps, eta=args.eta,
-                          spacing=args.spacing, backend=args.backend, dtype=dtype)
+        sampler = Sampler(model, diffusion, backend=args.backend, dtype=dtype, **_sampler_settings(args))
     except (RuntimeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     torch.manual_seed(args.seed)
@@ -184,14 +215,101 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         batches.append(sampler.sample(n, image_size, channels, seed=seed, noise=args.noise,
                                       progress=not args.no_progress).cpu())
         done += n
-    images = torch.cat(batches)
+    _write_samples(torch.cat(batches), out, image_size, channels, args.num)
+
+
+def _write_samples(images, out: Path, image_size: int, channels: int, num: int) -> None:
+    import numpy as np
+
+    from .fileio import atomic_path, save_image_grid, to_uint8_images
+
     if out.suffix.lower() == ".png":
         save_image_grid(images, out, scale=max(1, 64 // image_size))
     else:
         with atomic_path(out) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, arr_0=to_uint8_images(images))
-    print(f"wrote {args.num} samples ({image_size}x{image_size}, {channels} channel(s)) to {out}")
+    print(f"wrote {num} samples ({image_size}x{image_size}, {channels} channel(s)) to {out}")
+
+
+_NEEDS_ONNX = "ONNX support needs the onnx extra: pip install 'fastddpm[onnx]'"
+
+
+def _sample_onnx(args: argparse.Namespace, out: Path) -> None:
+    import numpy as np
+    import torch
+
+    if args.onnx is None:
+        raise CLIError("--backend onnxruntime samples an ONNX export: pass --onnx MODEL.onnx (see fastddpm export)")
+    for flag, value in (("--checkpoint", args.checkpoint), ("--precision", args.precision),
+                        ("--channels", args.channels)):
+        if value is not None:
+            raise CLIError(f"{flag} does not apply to --backend onnxruntime: the ONNX export fixes it")
+    if args.noise != "torch":
+        raise CLIError("--noise philox is the torch backends' counter-based noise; ONNX Runtime draws numpy's")
+    try:
+        from .onnx_export import OnnxModelError, read_onnx
+        from .ort_sampler import CPU, CUDA, OrtSampler
+    except ImportError:
+        raise CLIError(_NEEDS_ONNX) from None
+    device = _device(args.device)
+    providers = [CUDA, CPU] if device.type == "cuda" else [CPU]
+    try:
+        export = read_onnx(args.onnx)
+        # An ε-model export samples like a checkpoint (the CLI's defaults); a whole-sampler export fixes its own.
+        settings = _sampler_settings(args) if export.kind == "eps-model" else dict(
+            method=args.method, steps=args.steps, eta=args.eta, spacing=args.spacing)
+        sampler = OrtSampler(export, providers=providers, **settings)
+    except (OnnxModelError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    if device.type == "cuda" and sampler.device != "cuda":
+        raise CLIError("ONNX Runtime's CUDA execution provider is not usable here; use --device cpu")
+    image_size = args.image_size or sampler.image_size[0]
+    if args.image_size is None and sampler.image_size[0] != sampler.image_size[1]:
+        raise CLIError(f"the export's default size is {sampler.image_size}; pass --image-size for a square sample")
+    rng = np.random.default_rng(args.seed)
+    batches, done = [], 0
+    while done < args.num:
+        n = min(args.batch_size, args.num - done)
+        try:
+            batches.append(torch.from_numpy(sampler.sample(n, image_size, seed=rng, progress=not args.no_progress)))
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        done += n
+    _write_samples(torch.cat(batches), out, image_size, sampler.channels, args.num)
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from .checkpoint import load_checkpoint
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".onnx":
+        raise CLIError(f"--out must end in .onnx, got {args.out!r}")
+    if not out.parent.exists():
+        raise CLIError(f"--out folder {str(out.parent)!r} does not exist")
+    if not args.sampler and any(v is not None for v in (args.method, args.steps, args.eta, args.spacing)):
+        raise CLIError("--method/--steps/--eta/--spacing choose the sampler of an --sampler export")
+    try:
+        from .onnx_export import OnnxModelError, export_onnx, export_onnx_sampler
+    except ImportError:
+        raise CLIError(_NEEDS_ONNX) from None
+    loaded = load_checkpoint(args.checkpoint)
+    image_size = args.image_size or loaded.image_size
+    if image_size is None:
+        raise CLIError("the checkpoint does not record its image size; pass --image-size")
+    if image_size % loaded.model.size_divisor:
+        raise CLIError(f"--image-size {image_size} is not divisible by {loaded.model.size_divisor} (this model's dim_mults)")
+    common = dict(diffusion=loaded.diffusion, image_size=image_size, precision=args.precision,
+                  dynamic_size=not args.static_size)
+    try:
+        if args.sampler:
+            export_onnx_sampler(loaded.model, out, **common, **_sampler_settings(args))
+        else:
+            export_onnx(loaded.model, out, **common)
+    except (OnnxModelError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    what = "sampler" if args.sampler else "ε-model"
+    print(f"wrote the {what} ({args.precision}, {image_size}x{image_size}) to {out}")
 
 
 _TRAIN_DEFAULTS = dict(image_size=28, channels=1, dim=28, dim_mults=(1, 2, 4), block="convnext", resnet_groups=8,
