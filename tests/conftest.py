@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 
 # Without CUDA, Triton kernels run on CPU tensors through the Triton interpreter. The switch is read
@@ -21,3 +22,12 @@ UNET_CONFIGS = {
         dim=8, init_dim=6, out_dim=2, channels=1, dim_mults=(1, 2), use_convnext=False, resnet_block_groups=2
     ),
 }
+
+
+@pytest.fixture(scope="module")
+def small_unet():
+    """The tests' small U-Net (8 channels, two resolutions, 1 image channel): seeded, in eval mode."""
+    from fastddpm import Unet
+
+    torch.manual_seed(0)
+    return Unet(dim=8, channels=1, dim_mults=(1, 2)).eval()

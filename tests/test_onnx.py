@@ -10,7 +10,7 @@ from torch import nn
 onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed")
 ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 
-from fastddpm import GaussianDiffusion, OnnxModelError, OrtSampler, Sampler, Unet, UnetConfig, save  # noqa: E402
+from fastddpm import GaussianDiffusion, OnnxModelError, OrtSampler, Sampler, UnetConfig, save  # noqa: E402
 from fastddpm.onnx_export import OPSET, export_onnx, export_onnx_sampler, read_onnx  # noqa: E402
 from fastddpm.ort_sampler import CPU, default_providers  # noqa: E402
 from fastddpm.tolerances import FLOAT16_NETWORK, ONNX_RUNTIME_FLOAT32, assert_close, relative_error  # noqa: E402
@@ -22,9 +22,8 @@ T = 20
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return Unet(dim=8, channels=1, dim_mults=(1, 2)).eval()
+def model(small_unet):
+    return small_unet
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,8 @@ T = 200
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return Unet(dim=8, channels=1, dim_mults=(1, 2)).eval()
+def model(small_unet):
+    return small_unet
 
 
 @pytest.fixture(scope="module")
