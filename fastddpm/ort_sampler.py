@@ -157,7 +157,9 @@ class OrtSampler:
         batch = shape[0]
 
         def on_device(array):
-            return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), device, 0)
+            # A copy: on the CPU provider an OrtValue wraps the numpy buffer, and the loop writes into
+            # its state buffers (it would overwrite the caller's x_T).
+            return ort.OrtValue.ortvalue_from_numpy(np.array(array, copy=True, order="C"), device, 0)
 
         # Everything the loop reads is on the device before it starts; x and x̂_0 ping-pong between two
         # buffers each (a step reads one and writes the other).

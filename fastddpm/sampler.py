@@ -150,6 +150,18 @@ class Sampler:
             self._compiled[key] = fn
         return fn
 
+    def torch_noise(self, shape: Sequence[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The numbers ``sample(..., seed=seed, noise="torch")`` draws, on the host: x_T (shape) and the
+        per-step noise (steps, *shape), zero at steps that add none — e.g. to feed another runtime
+        (``OrtSampler.sample(x_T=..., noise=...)``) and compare trajectories."""
+        generator = torch.Generator(device=self.device).manual_seed(_check_seed(seed, "seed must be an integer"))
+        x_T = torch.randn(tuple(shape), device=self.device, generator=generator)
+        noise = torch.zeros((self.num_steps, *shape), device=self.device)
+        for k, noisy in enumerate(self._noisy_steps):
+            if noisy:  # the loop's draw order: one normal_ per noisy step
+                noise[k].normal_(generator=generator)
+        return x_T.cpu(), noise.cpu()
+
     # -- the loop ------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(

@@ -127,17 +127,6 @@ def test_fp16_export(model, diffusion, tmp_path):
     assert 0 < error <= FLOAT16_NETWORK  # > 0: it really ran in half precision
 
 
-def _torch_noise(sampler, shape, seed):
-    """The numbers fastddpm.Sampler(noise="torch") draws under seed: x_T, then one per noisy step."""
-    g = torch.Generator().manual_seed(seed)
-    x_T = torch.randn(shape, generator=g)
-    noise = torch.zeros((sampler.num_steps, *shape))
-    for k in range(sampler.num_steps):
-        if sampler._noisy_steps[k]:
-            noise[k].normal_(generator=g)
-    return x_T.numpy(), noise.numpy()
-
-
 SAMPLERS = [
     dict(method="ddpm"),  # the full ancestral chain: the reference's update
     dict(method="ddpm", steps=7),  # respaced
@@ -151,12 +140,15 @@ SAMPLERS = [
 def test_trajectory_matches_torch_sampler(exported, model, diffusion, settings):
     reference = Sampler(model, diffusion, backend="eager", **settings)
     shape = (3, 1, IMAGE, IMAGE)
-    x_T, noise = _torch_noise(reference, shape, seed=7)
+    x_T, noise = reference.torch_noise(shape, seed=7)  # sample(seed=7)'s draws, or the two would differ
     expected = reference.sample(3, IMAGE, 1, seed=7, progress=False, clip=False)
     sampler = OrtSampler(exported, **settings)
     assert sampler.num_steps == reference.num_steps
-    out = sampler.sample(3, x_T=x_T, noise=noise, progress=False, clip=False)
+    given = x_T.numpy().copy(), noise.numpy().copy()
+    out = sampler.sample(3, x_T=given[0], noise=given[1], progress=False, clip=False)
     assert_close(torch.from_numpy(out), expected, rtol=ONNX_RUNTIME_FLOAT32)
+    # The caller's arrays are inputs only (an OrtValue on the CPU wraps numpy memory: the loop must not).
+    assert np.array_equal(given[0], x_T.numpy()) and np.array_equal(given[1], noise.numpy())
 
 
 @pytest.mark.parametrize("settings", SAMPLERS[1:], ids=lambda s: "-".join(map(str, s.values())))
