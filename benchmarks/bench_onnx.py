@@ -5,7 +5,8 @@ schedule (``--steps``, default 10: the work per step does not depend on T). Conf
 round by round: the seed's reference loop; fastddpm.Sampler eager fp32; OrtSampler on the fp32 ε-model
 export (one IO-bound run per step); the fp32 whole-sampler export (one ONNX Loop, one run per call); and
 the fp16 ε-model export. Export time is reported apart (``warm-up``: export + session creation + first
-call). Before timing, every fp32 ORT configuration is checked against the reference with the same noise.
+call). Before timing, every fp32 ORT configuration is checked against the reference with the same noise
+(on CUDA with TF32 off on both sides).
 
     python benchmarks/bench_onnx.py [--device cpu|cuda] [--batch 64] [--rounds 5] [--out FILE.csv]
 """
@@ -41,7 +42,11 @@ def main(argv=None) -> int:
     from fastddpm.tolerances import ONNX_RUNTIME_FLOAT32, assert_close
 
     device = torch.device(args.device)
-    providers = [CUDA, CPU] if device.type == "cuda" else [CPU]
+    providers = [CPU]
+    if device.type == "cuda":
+        # fp32 means fp32 on both sides: TF32 convolutions (cuDNN's and ORT's default) would differ by ~1e-3.
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        providers = [(CUDA, {"use_tf32": 0}), CPU]
     torch.manual_seed(0)
     model = Unet(dim=28, channels=1, dim_mults=(1, 2, 4)).to(device).eval()
     diffusion = GaussianDiffusion(args.steps)
@@ -62,6 +67,8 @@ def main(argv=None) -> int:
         shape = (batch, 1, 28, 28)
         eager = Sampler(model, diffusion, backend="eager")
         ort_samplers = {name: OrtSampler(path, providers=providers) for name, path in exports.items()}
+        if any(s.device != device.type for s in ort_samplers.values()):
+            raise SystemExit(f"ONNX Runtime cannot run on {device} here (providers {providers})")
         x_T, noise = (a.numpy() for a in eager.torch_noise(shape, seed=1))
 
         def reference():

@@ -451,6 +451,13 @@ def build_sampler_model(eps_model, plan: StepPlan):
                 untyped(p + "x"), untyped(p + "x0_prev")],
         outputs=[helper.make_tensor_value_info(p + "cond_out", TensorProto.BOOL, []),
                  untyped(p + "x_next"), untyped(p + "x0")],
+        # The weights live in the body: ORT folds and fuses only what it knows to be constant there, and
+        # left in the outer graph they cost 40% per step (measured on the Fashion U-Net, 2-core CPU:
+        # 579 ms/step with outer-scope weights, 411 inside; the step graph alone: 417).
+        initializer=list(eps_model.graph.initializer) + _index_initializers(p) + [
+            numpy_helper.from_array(np.asarray(plan.timesteps, dtype=np.int64), p + "timesteps"),
+            numpy_helper.from_array(plan.coefs.astype(np.float32), p + "coefs"),
+        ],
     )
     outer_nodes = [
         helper.make_node("Shape", ["x_T"], [p + "shape"]),
@@ -460,9 +467,7 @@ def build_sampler_model(eps_model, plan: StepPlan):
                          [p + "x_final", p + "x0_final"], body=body),
         helper.make_node("Clip", [p + "x_final", p + "minus_one", p + "one"], ["sample"]),
     ]
-    initializers = list(eps_model.graph.initializer) + _index_initializers(p) + [
-        numpy_helper.from_array(np.asarray(plan.timesteps, dtype=np.int64), p + "timesteps"),
-        numpy_helper.from_array(plan.coefs.astype(np.float32), p + "coefs"),
+    initializers = [
         numpy_helper.from_array(np.array(plan.steps, dtype=np.int64), p + "trip_count"),
         numpy_helper.from_array(np.array(True), p + "true"),
         numpy_helper.from_array(np.array(-1.0, dtype=np.float32), p + "minus_one"),

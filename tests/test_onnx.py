@@ -253,3 +253,16 @@ def test_cli_export_and_sample(model, diffusion, tmp_path):
     assert_one_line_error(run_cli("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x.onnx"),
                                   "--steps", "3"), "--sampler export")
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_execution_provider_matches_cpu(exported):
+    settings = dict(method="ddim", steps=5, eta=0.5)
+    # TF32 off: the comparison is of the IO-bound loop on the device, not of TF32 convolutions.
+    cuda = OrtSampler(exported, providers=[("CUDAExecutionProvider", {"use_tf32": 0}), CPU], **settings)
+    if cuda.device != "cuda":
+        pytest.skip("ONNX Runtime's CUDA execution provider does not load on this machine")
+    cpu = OrtSampler(exported, providers=[CPU], **settings)
+    a, b = cuda.sample(4, seed=0, progress=False), cpu.sample(4, seed=0, progress=False)
+    assert_close(torch.from_numpy(a), torch.from_numpy(b), rtol=ONNX_RUNTIME_FLOAT32)
