@@ -122,6 +122,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampler_arguments(export)
     export.set_defaults(func=_cmd_export)
 
+    bench = sub.add_parser(
+        "bench",
+        help="benchmark backends and precisions against the seed's reference loop",
+        description="Run the benchmark matrix: each configuration is first checked against its oracle with the "
+        "same noise, then timed (alternated rounds). Prints a markdown table; writes bench.csv (appended), "
+        "bench.md, bench.png and settings.json into --out.",
+    )
+    bench.add_argument("--config", default="fashion", choices=("tiny", "fashion", "cifar", "digits"),
+                       help="model preset (default fashion: the seed's Fashion-MNIST U-Net; digits: the bundled "
+                       "trained model, with a quality score)")
+    bench.add_argument("--batch", type=_positive_int, nargs="+", default=[64], help="batch sizes (default 64)")
+    bench.add_argument("--backends", nargs="+", metavar="BACKEND:PRECISION",
+                       help="e.g. eager:fp32 eager:bf16 compile:fp32 cudagraph:bf16 onnxruntime:fp32 "
+                       "onnxruntime-loop:fp32 (default: all that suit the device; compile only on CUDA)")
+    bench.add_argument("--method", choices=("ddpm", "ddim", "dpmsolver++"), default="ddpm",
+                       help="sampler (default ddpm: per-step timing of the ancestral update)")
+    bench.add_argument("--steps", type=_positive_int, default=10, help="steps per sample (default 10)")
+    bench.add_argument("--spacing", choices=("leading", "trailing", "linspace", "logsnr"), default="logsnr",
+                       help="timestep spacing of the few-step methods (default logsnr)")
+    bench.add_argument("--rounds", type=_positive_int, default=5, help="timed rounds per configuration (default 5)")
+    bench.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    bench.add_argument("--seed", type=_seed, default=0, help="noise seed (default 0)")
+    bench.add_argument("--out", default="bench-results", help="output folder (default bench-results)")
+    bench.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    bench.set_defaults(func=_cmd_bench)
+
     train = sub.add_parser(
         "train",
         help="train a model on a folder, array, IDX file or the built-in digits",
@@ -310,6 +336,23 @@ def _cmd_export(args: argparse.Namespace) -> None:
         raise CLIError(str(exc)) from None
     what = "sampler" if args.sampler else "ε-model"
     print(f"wrote the {what} ({args.precision}, {image_size}x{image_size}) to {out}")
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import BenchSettings, run_bench
+
+    device = _device(args.device)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {args.out!r} exists and is not a folder")
+    try:
+        settings = BenchSettings(preset=args.config, batches=tuple(args.batch), configs=args.backends,
+                                 method=args.method, steps=args.steps, spacing=args.spacing, rounds=args.rounds,
+                                 device=str(device), seed=args.seed)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    run_bench(settings, out, progress=not args.no_progress)
+    print(f"\nwrote bench.csv, bench.md, bench.png and settings.json to {out}")
 
 
 _TRAIN_DEFAULTS = dict(image_size=28, channels=1, dim=28, dim_mults=(1, 2, 4), block="convnext", resnet_groups=8,

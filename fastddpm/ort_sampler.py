@@ -186,5 +186,6 @@ class OrtSampler:
             binding.bind_ortvalue_output("x0", x0s[1 - current])
             self.session.run_with_iobinding(binding)
             current = 1 - current
-        x = xs[current].numpy()
-        return np.clip(x, -1.0, 1.0) if clip else x
+        # numpy() is a view of the OrtValue's memory, freed with it when this returns: copy.
+        x = np.array(xs[current].numpy(), copy=True)
+        return np.clip(x, -1.0, 1.0, out=x) if clip else x

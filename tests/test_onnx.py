@@ -180,6 +180,16 @@ def test_io_binding_sampler_makes_no_copies_back_to_host(exported, monkeypatch):
     assert len(reads) == 1
 
 
+def test_results_own_their_memory(exported):
+    """An OrtValue's numpy() is a view of memory freed with the OrtValue: results must be copies."""
+    sampler = OrtSampler(exported, method="ddim", steps=3)
+    first = sampler.sample(2, seed=0, progress=False, clip=False)
+    kept = first.copy()
+    for seed in range(1, 4):  # reuse the freed memory
+        sampler.sample(2, seed=seed, progress=False, clip=False)
+    assert first.flags.owndata and np.array_equal(first, kept)
+
+
 def test_cpu_machine_asks_for_cpu_only_and_stays_quiet(exported, capfd):
     if torch.cuda.is_available():
         pytest.skip("checks the provider choice on a machine without CUDA")
