@@ -491,9 +491,9 @@ def save_chart(rows: list[dict], path: Path, title: str = "") -> None:
     width, height = label_w + bar_w + 90, top + row_h * max(1, len(timed)) + 40
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    head, _, tail = _ascii(title).partition(" | Unet")  # versions on one line, the model and run on the next
-    draw.text((10, 4), head, fill="black", font=font)
-    draw.text((10, 18), ("Unet" + tail) if tail else "", fill="black", font=font)
+    parts = _ascii(title).split(" | ")  # device and versions on one line, the model and the run on the next
+    draw.text((10, 4), " | ".join(parts[:3]), fill="black", font=font)
+    draw.text((10, 18), " | ".join(parts[3:]), fill="black", font=font)
     draw.text((10, 34), "speed-up per step against the seed's reference loop (higher is faster)", fill="#444", font=font)
     scale = max([float(r["speedup_per_step"]) for r in timed] + [1.0]) * 1.05
     x0 = label_w

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         "images (.npz, array 'arr_0' shaped (N, H, W, C), the layout FID tools read).",
     )
     sample.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the bundled digits model)")
+    sample.add_argument("--diffusers", metavar="FOLDER",
+                        help="a diffusers DDPM pipeline folder (unet/ + scheduler/, as save_pretrained writes it), "
+                        "read offline; its prediction type (epsilon, sample, v) is converted")
     sample.add_argument("--num", type=_positive_int, default=64, help="number of images (default 64)")
     sample.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default 64)")
     sample.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
@@ -210,16 +213,22 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     if args.onnx is not None:
         raise CLIError(f"--onnx samples in ONNX Runtime; it does not go with --backend {args.backend}")
     device = _device(args.device)
-    loaded = load_checkpoint(args.checkpoint, device=device)
-    model, diffusion = loaded.model, loaded.diffusion
-    channels = model.config.channels
+    if args.diffusers is not None:
+        if args.checkpoint is not None:
+            raise CLIError("pass --checkpoint or --diffusers, not both")
+        model, diffusion, default_size, channels = _load_diffusers(args.diffusers, device)
+        divisor = 1
+    else:
+        loaded = load_checkpoint(args.checkpoint, device=device)
+        model, diffusion = loaded.model, loaded.diffusion
+        channels, default_size, divisor = model.config.channels, loaded.image_size, model.size_divisor
     if args.channels is not None and args.channels != channels:
-        raise CLIError(f"--channels {args.channels} does not match the checkpoint, which has channels={channels}")
-    image_size = args.image_size or loaded.image_size
+        raise CLIError(f"--channels {args.channels} does not match the model, which has channels={channels}")
+    image_size = args.image_size or default_size
     if image_size is None:
         raise CLIError("the checkpoint does not record its image size; pass --image-size")
-    if image_size % model.size_divisor:
-        raise CLIError(f"--image-size {image_size} is not divisible by {model.size_divisor} (this model's dim_mults)")
+    if image_size % divisor:
+        raise CLIError(f"--image-size {image_size} is not divisible by {divisor} (this model's dim_mults)")
 
     from .sampler import Sampler
 
@@ -242,6 +251,18 @@ def _cmd_sample(args: argparse.Namespace) -> None:
                                       progress=not args.no_progress).cpu())
         done += n
     _write_samples(torch.cat(batches), out, image_size, channels, args.num)
+
+
+def _load_diffusers(folder: str, device):
+    try:
+        from .adapters import load_diffusers
+        import diffusers  # noqa: F401
+    except ImportError:
+        raise CLIError("--diffusers needs the diffusers package: pip install 'fastddpm[compare]'") from None
+    try:
+        return load_diffusers(folder, device)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CLIError(f"--diffusers {folder}: {str(exc).splitlines()[0]}") from None
 
 
 def _write_samples(images, out: Path, image_size: int, channels: int, num: int) -> None:
@@ -268,7 +289,7 @@ def _sample_onnx(args: argparse.Namespace, out: Path) -> None:
     if args.onnx is None:
         raise CLIError("--backend onnxruntime samples an ONNX export: pass --onnx MODEL.onnx (see fastddpm export)")
     for flag, value in (("--checkpoint", args.checkpoint), ("--precision", args.precision),
-                        ("--channels", args.channels)):
+                        ("--channels", args.channels), ("--diffusers", args.diffusers)):
         if value is not None:
             raise CLIError(f"{flag} does not apply to --backend onnxruntime: the ONNX export fixes it")
     if args.noise != "torch":

@@ -58,6 +58,9 @@ class Sampler:
     "cudagraph" (CUDA only: the whole loop captured as one graph per (batch, shape)), or "auto" (cudagraph
     on CUDA, eager on CPU, where a compile of the seed's U-Net costs ~110 s and pays off only after about
     a thousand steps). ``kernels`` is the dispatch of the fused update ("auto", "triton", "torch").
+    ``model`` may be any denoiser (a diffusers ``UNet2DModel``, a denoising-diffusion-pytorch ``Unet``, a
+    callable): its output is unwrapped and ``prediction_type`` ("epsilon", "sample"/x̂_0, "v" and their
+    libraries' spellings) converted to ε (``fastddpm.adapters``).
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class Sampler:
         kernels: str = "auto",
         compile_config: CompileConfig | None = None,
         device: torch.device | str | None = None,
+        prediction_type: str = "epsilon",
     ):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -83,8 +87,15 @@ class Sampler:
             raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
         if dtype not in _MODEL_DTYPES:
             raise ValueError(f"dtype must be one of {[str(d) for d in _MODEL_DTYPES]}, got {dtype}")
-        self.model = model
         self.device = torch.device(device) if device is not None else _model_device(model)
+        from .adapters import EpsModel
+        from .unet import Unet
+
+        if prediction_type != "epsilon" or not isinstance(model, (Unet, EpsModel)):
+            # Any model: unwrap outputs (diffusers' .sample, tuples) and convert x̂_0 / v predictions to ε.
+            model = model if isinstance(model, EpsModel) else EpsModel(model, prediction_type, diffusion)
+            model.to(self.device)
+        self.model = model
         if backend == "auto":
             backend = "cudagraph" if self.device.type == "cuda" else "eager"
         if backend == "cudagraph" and self.device.type != "cuda":
