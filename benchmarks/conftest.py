@@ -13,6 +13,8 @@ import pytest
 import torch
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# Every benchmark checks its fast path against float32 first: TF32 (cuDNN's default) would differ by ~1e-3.
+torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
 ROUNDS = 3
 
 

@@ -23,10 +23,13 @@ git SHA, device and flags), ``bench.md``, ``bench.png`` (a chart) and ``settings
 from __future__ import annotations
 
 import dataclasses
+import functools
 import datetime
 import json
+import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -116,8 +119,9 @@ class BenchSettings:
             parse_config(config)
 
     def resolved_configs(self) -> tuple[str, ...]:
+        """The configurations in order, each once, "reference" first (the oracle and the 1.0× of every ratio)."""
         configs = self.configs or default_configs(self.device)
-        return configs if "reference" in configs else ("reference", *configs)  # the 1.0× of every ratio
+        return tuple(dict.fromkeys(("reference", *configs)))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -231,10 +235,9 @@ def _sync(device: torch.device) -> None:
 @dataclasses.dataclass
 class _Case:
     name: str
-    run: Callable[[], torch.Tensor]
+    build: Callable[[], Callable[[], torch.Tensor]]  # builds the run (sampler, export, session); may fail
     tolerance: float
     memory_visible: bool = True
-    setup_s: float = 0.0  # export and session creation (ONNX Runtime), counted in the warm-up
 
 
 def _load_preset(preset: Preset, device: torch.device):
@@ -259,16 +262,40 @@ def _tolerance(backend: str, precision: str) -> float:
 
 def run_bench(settings: BenchSettings, out_dir: str | os.PathLike | None = None, *, progress: bool = True,
               log=print) -> list[dict[str, Any]]:
-    """Run the matrix; returns the CSV rows (and writes the files when ``out_dir`` is given)."""
+    """Run the matrix; returns the CSV rows (and writes the files when ``out_dir`` is given).
+
+    Settings that cannot run at all (a device that is absent, more steps than the model's T) raise
+    ValueError / RuntimeError; a configuration that cannot be built or run is reported in its row.
+    """
+    device = torch.device(settings.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available here")
+    # fp32 means fp32 on both sides of every check: TF32 convolutions and matmuls (cuDNN's default, and
+    # ONNX Runtime's CUDA provider's) differ from float32 by ~1e-3.
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    workdir = Path(tempfile.mkdtemp(prefix="fastddpm-bench-"))
+    try:
+        rows, env = _run_matrix(settings, device, workdir, progress)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+        shutil.rmtree(workdir, ignore_errors=True)
+    table = format_table(rows, settings, env)
+    log(table)
+    if out_dir is not None:
+        csv_path = write_outputs(rows, settings, table, out_dir)
+        log(f"\nwrote {csv_path.name} (rows appended), bench.md, bench.png and settings.json to {out_dir}")
+    return rows
+
+
+def _run_matrix(settings: BenchSettings, device: torch.device, workdir: Path, progress: bool):
     from tqdm.auto import tqdm
 
+    from .checkpoint import _first_line
     from .diffusion import GaussianDiffusion
     from .sampler import Sampler
     from .tolerances import relative_error
 
-    device = torch.device(settings.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available here")
     preset = PRESETS[settings.preset]
     model, diffusion = _load_preset(preset, device)
     T = diffusion.num_timesteps
@@ -280,6 +307,8 @@ def run_bench(settings: BenchSettings, out_dir: str | os.PathLike | None = None,
         ancestral_chain and settings.steps != T and isinstance(diffusion.config.beta_schedule, str)) else diffusion
     if ancestral_chain and chain is diffusion and settings.steps != T:
         raise ValueError("a custom beta schedule cannot be shortened; pass --steps equal to its T")
+    if settings.steps > T:
+        raise ValueError(f"--steps {settings.steps} exceeds the {settings.preset} model's T={T}")
     real_chain = chain is diffusion  # the images are the model's real samples
     # images/s counts whole samples: all T steps of the ancestral sampler, or the method's `steps`.
     sample_steps = T if ancestral_chain else settings.steps
@@ -289,7 +318,6 @@ def run_bench(settings: BenchSettings, out_dir: str | os.PathLike | None = None,
     env = environment(device)
     configs = [(c, *parse_config(c)) for c in settings.resolved_configs()]
     exports: dict[str, Path] = {}
-    workdir = Path(tempfile.mkdtemp(prefix="fastddpm-bench-"))
     rows: list[dict[str, Any]] = []
     total = len(settings.batches) * len(configs) * (1 + settings.rounds)
     bar = tqdm(total=total, desc="bench", disable=not progress, leave=False, file=sys.stderr)
@@ -302,37 +330,41 @@ def run_bench(settings: BenchSettings, out_dir: str | os.PathLike | None = None,
             torch.manual_seed(settings.seed)
             return torch.from_numpy(reference_chain.p_sample_loop(model, shape, progress=False)[-1])
 
+        def torch_case(backend, precision, batch=batch):
+            sampler = Sampler(model, chain, backend=backend, dtype=PRECISIONS[precision], **sampler_args)
+            return lambda: sampler.sample(batch, size, channels, seed=settings.seed, progress=False, clip=False).cpu()
+
         cases: list[_Case] = []
         for name, backend, precision in configs:
             if backend == "reference":
-                cases.append(_Case(name, reference, 0.0))
+                cases.append(_Case(name, lambda: reference, 0.0))
             elif backend.startswith("onnxruntime"):
-                start = time.perf_counter()
-                run = _ort_case(backend, precision, model, chain, sampler_args, size, device, exports, workdir,
-                                x_T, noise)
-                cases.append(_Case(name, run, _tolerance(backend, precision), memory_visible=device.type == "cpu",
-                                   setup_s=time.perf_counter() - start))
+                cases.append(_Case(name, functools.partial(_ort_case, backend, precision, model, chain, sampler_args,
+                                                           size, device, exports, workdir, x_T, noise),
+                                   _tolerance(backend, precision), memory_visible=device.type == "cpu"))
             else:
-                sampler = Sampler(model, chain, backend=backend, dtype=PRECISIONS[precision], **sampler_args)
-                run = (lambda s=sampler, b=batch: s.sample(b, size, channels, seed=settings.seed, progress=False,
-                                                           clip=False).cpu())
-                cases.append(_Case(name, run, _tolerance(backend, precision)))
+                cases.append(_Case(name, functools.partial(torch_case, backend, precision),
+                                   _tolerance(backend, precision)))
 
         # 1. warm-up and equivalence
         expected = None if ancestral_chain else eager.sample(batch, size, channels, seed=settings.seed,
                                                              progress=False, clip=False).cpu()
         results: dict[str, dict[str, Any]] = {}
+        runs: dict[str, Callable[[], torch.Tensor]] = {}
         for case in cases:
-            try:
+            try:  # a backend that cannot be built or run here is reported, not fatal
+                start = time.perf_counter()
+                runs[case.name] = case.build()
                 with _PeakMemory(device, case.memory_visible) as memory:
-                    start = time.perf_counter()
-                    out = case.run()
+                    out = runs[case.name]()
                     _sync(device)
-            except Exception as exc:  # a backend that cannot run here is reported, not fatal
-                results[case.name] = {"check": f"failed: {str(exc).splitlines()[0][:120]}"}
+                warmup = time.perf_counter() - start  # building (compile, export, session) and the first call
+                if case.name != "reference" and expected is None:
+                    raise RuntimeError("no oracle: the reference failed")
+            except Exception as exc:
+                results[case.name] = {"check": f"failed: {_first_line(exc)[:120]}"}
                 bar.update(1 + settings.rounds)
                 continue
-            warmup = time.perf_counter() - start + case.setup_s
             if case.name == "reference" and ancestral_chain:
                 expected = out
             if case.name == "reference":
@@ -354,16 +386,23 @@ def run_bench(settings: BenchSettings, out_dir: str | os.PathLike | None = None,
         timed = [c for c in cases if "times" in results[c.name] and not results[c.name]["check"].startswith("MISMATCH")]
         for _ in range(settings.rounds):
             for case in timed:
-                start = time.perf_counter()
-                case.run()
-                _sync(device)
-                results[case.name]["times"].append((time.perf_counter() - start) / settings.steps)
+                result = results[case.name]
+                if "times" not in result:  # failed in an earlier round
+                    bar.update(1)
+                    continue
+                try:
+                    start = time.perf_counter()
+                    runs[case.name]()
+                    _sync(device)
+                    result["times"].append((time.perf_counter() - start) / settings.steps)
+                except Exception as exc:
+                    results[case.name] = {"check": f"failed while timed: {_first_line(exc)[:120]}"}
                 bar.update(1)
         mismatched = sum(1 for c in cases if "times" in results[c.name]) - len(timed)
         bar.update(mismatched * settings.rounds)
 
-        ref_times = results.get("reference", {}).get("times") or [float("nan")]
-        ref_step = statistics.median(ref_times)
+        ref_times = results.get("reference", {}).get("times")
+        ref_step = statistics.median(ref_times) if ref_times else None
         for case in cases:
             r = results[case.name]
             row = {**env, "bench": "sampler", "preset": settings.preset, "config": case.name, "batch": batch,
@@ -374,20 +413,17 @@ def run_bench(settings: BenchSettings, out_dir: str | os.PathLike | None = None,
                 row.update(
                     ms_per_step=round(med * 1e3, 3), ms_min=round(min(r["times"]) * 1e3, 3),
                     ms_max=round(max(r["times"]) * 1e3, 3), images_per_s=round(batch / (med * sample_steps), 3), sample_steps=sample_steps,
-                    speedup_per_step=round(ref_step / med, 3),
+                    speedup_per_step=round(ref_step / med, 3) if ref_step else "",
                     vs_seed_sampler=(round(ref_step * T / (med * settings.steps), 2)
-                                     if (real_chain or not ancestral_chain) and case.name != "reference" else ""),
+                                     if ref_step and (real_chain or not ancestral_chain) and case.name != "reference"
+                                     else ""),
                     warmup_s=round(r["warmup_s"], 2),
                     peak_mb=round(r["peak_mb"], 1) if r["peak_mb"] is not None else "",
                     **{f"quality_{k}": v for k, v in r["quality"].items()},
                 )
             rows.append(row)
     bar.close()
-    table = format_table(rows, settings, env)
-    log(table)
-    if out_dir is not None:
-        write_outputs(rows, settings, table, out_dir)
-    return rows
+    return rows, env
 
 
 def _ort_case(backend, precision, model, chain, sampler_args, size, device, exports, workdir, x_T, noise):
@@ -447,19 +483,21 @@ def format_table(rows: list[dict], settings: BenchSettings, env: dict) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(rows: list[dict], settings: BenchSettings, table: str, out_dir: str | os.PathLike) -> None:
+def write_outputs(rows: list[dict], settings: BenchSettings, table: str, out_dir: str | os.PathLike) -> Path:
+    """Write bench.md, settings.json and bench.png, and append to bench.csv; returns the CSV's path."""
     from .fileio import atomic_path
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    append_csv(out / "bench.csv", rows)
+    csv_path = append_csv(out / "bench.csv", rows)
     for name, text in (("bench.md", table + "\n"), ("settings.json", settings.to_json() + "\n")):
         with atomic_path(out / name) as tmp:
             tmp.write_text(text)
     save_chart(rows, out / "bench.png", title=table.splitlines()[0])
+    return csv_path
 
 
-def append_csv(path: Path, rows: list[dict]) -> None:
+def append_csv(path: Path, rows: list[dict]) -> Path:
     """Append rows (columns: the union of the rows' keys, sorted for a stable header); a file whose header
     differs is not mixed with: the rows go to a new file beside it, named by its header's hash."""
     import csv
@@ -471,12 +509,18 @@ def append_csv(path: Path, rows: list[dict]) -> None:
             header = next(csv.reader(f), [])
         if header != fields:
             path = path.with_name(f"{path.stem}-{hashlib.sha1(','.join(fields).encode()).hexdigest()[:8]}.csv")
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    from .fileio import atomic_path
+
+    previous = path.read_bytes() if path.exists() else b""
+    with atomic_path(path) as tmp:  # the old rows and the new, or the old file untouched
+        with open(tmp, "wb") as f:
+            f.write(previous)
+        with open(tmp, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            if not previous:
+                writer.writeheader()
+            writer.writerows(rows)
+    return path
 
 
 def save_chart(rows: list[dict], path: Path, title: str = "") -> None:
@@ -485,7 +529,7 @@ def save_chart(rows: list[dict], path: Path, title: str = "") -> None:
 
     from .fileio import atomic_path
 
-    timed = [r for r in rows if r.get("speedup_per_step") not in (None, "")]
+    timed = [r for r in rows if r.get("speedup_per_step") not in (None, "") and math.isfinite(float(r["speedup_per_step"]))]
     font = ImageFont.load_default()
     label_w, bar_w, row_h, top = 260, 460, 26, 60
     width, height = label_w + bar_w + 90, top + row_h * max(1, len(timed)) + 40

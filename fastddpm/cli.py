@@ -102,8 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
                         help="precision the U-Net runs in; the sample state stays fp32 (default fp32; "
                         "an ONNX export's is fixed when it is exported)")
-    sample.add_argument("--noise", choices=("torch", "philox"), default="torch",
-                        help="torch: the reference's random stream; philox: per-sample seeds (seed+i for image i)")
+    sample.add_argument("--noise", choices=("torch", "philox"),
+                        help="torch: the reference's random stream (default); philox: per-sample seeds (seed+i for "
+                        "image i; always with --out-dir)")
+    sample.add_argument("--out-dir", metavar="DIR",
+                        help="sharded sampling for large runs: uint8 .npz shards and manifest.json in DIR; run under "
+                        "torchrun to spread shards over processes (the same images for any number); a rerun "
+                        "resumes, skipping finished shards")
+    sample.add_argument("--shard-size", type=_positive_int, default=1000, help="images per shard (default 1000)")
     sample.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sample.set_defaults(func=_cmd_sample)
 
@@ -197,10 +203,9 @@ def _device(name: str):
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
-    import torch
-
-    from .checkpoint import load_checkpoint
-
+    if args.out_dir is not None and args.noise == "torch":
+        raise CLIError("--out-dir keys each image by its own seed: it samples with --noise philox")
+    args.noise = args.noise or ("philox" if args.out_dir is not None else "torch")
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".npz"):
         raise CLIError(f"--out must end in .png (a grid) or .npz (uint8 images), got {args.out!r}")
@@ -209,10 +214,29 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     if args.onnx is not None and args.backend == "auto":
         args.backend = "onnxruntime"
     if args.backend == "onnxruntime":
+        if args.out_dir is not None:
+            raise CLIError("--out-dir (sharded sampling) runs the torch backends, not onnxruntime")
         return _sample_onnx(args, out)
     if args.onnx is not None:
         raise CLIError(f"--onnx samples in ONNX Runtime; it does not go with --backend {args.backend}")
-    device = _device(args.device)
+    from .distributed import init_from_env, local_device
+
+    device = local_device(_device(args.device))
+    joined = init_from_env(device) if args.out_dir is not None else False
+    try:
+        _sample_torch(args, out, device)
+    finally:
+        if joined:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _sample_torch(args: argparse.Namespace, out: Path, device) -> None:
+    import torch
+
+    from .checkpoint import load_checkpoint
+
     if args.diffusers is not None:
         if args.checkpoint is not None:
             raise CLIError("pass --checkpoint or --diffusers, not both")
@@ -237,6 +261,22 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         sampler = Sampler(model, diffusion, backend=args.backend, dtype=dtype, **_sampler_settings(args))
     except (RuntimeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
+    if args.out_dir is not None:
+        from .distributed import ShardError, sample_shards
+
+        settings = {"model": args.diffusers or args.checkpoint or "bundled", "precision": args.precision or "fp32",
+                    **_sampler_settings(args)}
+        try:
+            manifest = sample_shards(sampler, args.num, args.out_dir, image_size=image_size, channels=channels,
+                                     seed=args.seed, shard_size=args.shard_size, batch_size=args.batch_size,
+                                     settings=settings, progress=not args.no_progress)
+        except (ShardError, OSError) as exc:
+            raise CLIError(str(exc)) from None
+        from .distributed import rank_and_world
+
+        if rank_and_world()[0] == 0:
+            print(f"wrote {args.num} samples in {len(manifest['shards'])} shard(s) and {args.out_dir}/manifest.json")
+        return
     torch.manual_seed(args.seed)
     batches = []
     done = 0
@@ -295,12 +335,15 @@ def _sample_onnx(args: argparse.Namespace, out: Path) -> None:
     if args.noise != "torch":
         raise CLIError("--noise philox is the torch backends' counter-based noise; ONNX Runtime draws numpy's")
     try:
+        import onnx  # noqa: F401  (fastddpm imports them lazily: check here, before any work)
+        import onnxruntime  # noqa: F401
+
         from .onnx_export import OnnxModelError, read_onnx
         from .ort_sampler import CPU, CUDA, OrtSampler
     except ImportError:
         raise CLIError(_NEEDS_ONNX) from None
     device = _device(args.device)
-    providers = [CUDA, CPU] if device.type == "cuda" else [CPU]
+    providers = [(CUDA, {"device_id": device.index or 0}), CPU] if device.type == "cuda" else [CPU]
     try:
         export = read_onnx(args.onnx)
         # An ε-model export samples like a checkpoint (the CLI's defaults); a whole-sampler export fixes its own.
@@ -320,8 +363,8 @@ def _sample_onnx(args: argparse.Namespace, out: Path) -> None:
         n = min(args.batch_size, args.num - done)
         try:
             batches.append(torch.from_numpy(sampler.sample(n, image_size, seed=rng, progress=not args.no_progress)))
-        except ValueError as exc:
-            raise CLIError(str(exc)) from None
+        except (ValueError, RuntimeError) as exc:  # ORT's run-time errors are RuntimeErrors
+            raise CLIError(str(exc).strip().splitlines()[0]) from None
         done += n
     _write_samples(torch.cat(batches), out, image_size, sampler.channels, args.num)
 
@@ -337,6 +380,9 @@ def _cmd_export(args: argparse.Namespace) -> None:
     if not args.sampler and any(v is not None for v in (args.method, args.steps, args.eta, args.spacing)):
         raise CLIError("--method/--steps/--eta/--spacing choose the sampler of an --sampler export")
     try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401  (torch.onnx.export(dynamo=True) needs it)
+
         from .onnx_export import OnnxModelError, export_onnx, export_onnx_sampler
     except ImportError:
         raise CLIError(_NEEDS_ONNX) from None
@@ -353,8 +399,8 @@ def _cmd_export(args: argparse.Namespace) -> None:
             export_onnx_sampler(loaded.model, out, **common, **_sampler_settings(args))
         else:
             export_onnx(loaded.model, out, **common)
-    except (OnnxModelError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
+    except (OnnxModelError, ValueError, RuntimeError) as exc:
+        raise CLIError(str(exc).strip().splitlines()[0]) from None
     what = "sampler" if args.sampler else "ε-model"
     print(f"wrote the {what} ({args.precision}, {image_size}x{image_size}) to {out}")
 
@@ -370,10 +416,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         settings = BenchSettings(preset=args.config, batches=tuple(args.batch), configs=args.backends,
                                  method=args.method, steps=args.steps, spacing=args.spacing, rounds=args.rounds,
                                  device=str(device), seed=args.seed)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
-    run_bench(settings, out, progress=not args.no_progress)
-    print(f"\nwrote bench.csv, bench.md, bench.png and settings.json to {out}")
+        run_bench(settings, out, progress=not args.no_progress)
+    except (ValueError, RuntimeError, ImportError, OSError) as exc:
+        raise CLIError(str(exc).strip().splitlines()[0]) from None
 
 
 _TRAIN_DEFAULTS = dict(image_size=28, channels=1, dim=28, dim_mults=(1, 2, 4), block="convnext", resnet_groups=8,
@@ -382,6 +427,21 @@ _TRAIN_DEFAULTS = dict(image_size=28, channels=1, dim=28, dim_mults=(1, 2, 4), b
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
+    import torch
+
+    from .distributed import init_from_env
+
+    joined = init_from_env(torch.device("cpu"))  # under torchrun: the trainer runs on CPU processes (gloo)
+    try:
+        _train(args)
+    finally:
+        if joined:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace) -> None:
     from .data import load_dataset
     from .diffusion import DiffusionConfig
     from .train import TrainConfig, Trainer, read_train_config
@@ -430,8 +490,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
             trainer = Trainer(config, args.out_dir or "runs/train", data=data)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
-    print(f"training on {trainer.data.shape[0]} images {tuple(trainer.data.shape[1:])} for "
-          f"{trainer.config.steps} steps (from step {trainer.step}) into {trainer.out_dir}", file=sys.stderr)
+    if trainer.rank == 0:
+        processes = f" in {trainer.world_size} processes" if trainer.world_size > 1 else ""
+        print(f"training on {trainer.data.shape[0]} images {tuple(trainer.data.shape[1:])} for "
+              f"{trainer.config.steps} steps (from step {trainer.step}){processes} into {trainer.out_dir}", file=sys.stderr)
     try:
         trainer.run(progress=not args.no_progress)
     except KeyboardInterrupt:
@@ -439,6 +501,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         print(f"interrupted at step {trainer.step}; saved {trainer.out_dir / 'checkpoint.safetensors'}", file=sys.stderr)
         raise
     loss = trainer.final_loss()
+    if trainer.rank != 0:
+        return
     print(f"done: step {trainer.step}, final loss {loss:.4f} (mean of the last {len(trainer.recent_losses)} steps); "
           f"model in {trainer.out_dir / 'model.safetensors'}")
 

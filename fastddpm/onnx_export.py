@@ -312,27 +312,51 @@ def read_onnx(path: str | os.PathLike) -> OnnxExport:
         )
     meta = decode_metadata(path, props[METADATA_KEY], FORMAT_VERSION, OnnxModelError, "fastddpm ONNX")
     kind = meta.get("kind")
-    expected_inputs = {EPS_MODEL: ["x", "t"], SAMPLER_MODEL: None}.get(kind, "?")
-    if expected_inputs == "?":
+    if kind not in (EPS_MODEL, SAMPLER_MODEL):
         raise OnnxModelError(f"{path}: unknown fastddpm model kind {kind!r}; expected {EPS_MODEL!r} or {SAMPLER_MODEL!r}")
-    inputs = [i.name for i in proto.graph.input]
-    if expected_inputs is not None and inputs != expected_inputs:
-        raise OnnxModelError(f"{path}: inputs {inputs}; a fastddpm ε-model has inputs {expected_inputs}")
     try:
         diffusion = DiffusionConfig.from_dict(meta["diffusion"])
         betas = np.asarray(meta["betas"], dtype=np.float64)
         height, width = (int(v) for v in meta["image_size"])
-        channels = int(meta["channels"])
+        channels, divisor = int(meta["channels"]), int(meta.get("size_divisor", 1))
+        sampler = _check_sampler_meta(meta["sampler"]) if kind == SAMPLER_MODEL else None
     except (KeyError, TypeError, ValueError) as exc:
         raise OnnxModelError(f"{path}: incomplete fastddpm metadata ({_first_line(exc)})") from None
+    if min(height, width, channels, divisor) < 1:
+        raise OnnxModelError(f"{path}: metadata image size {height}x{width}, channels {channels}, size divisor "
+                             f"{divisor}: each must be positive")
     rebuilt = GaussianDiffusion.from_config(diffusion).betas.double().numpy()
     if betas.shape != rebuilt.shape or not np.array_equal(betas, rebuilt):
         raise OnnxModelError(f"{path}: the metadata's betas do not match its diffusion config {diffusion.to_dict()!r}")
+    inputs = [i.name for i in proto.graph.input]
+    if kind == EPS_MODEL:
+        expected = ["x", "t"]
+    else:
+        expected = ["x_T", "noise"] if any(sampler["noisy"]) else ["x_T"]
+    if inputs != expected:
+        raise OnnxModelError(f"{path}: inputs {inputs}; this fastddpm {kind} export should have inputs {expected}")
+    x_channels = proto.graph.input[0].type.tensor_type.shape.dim[1] if proto.graph.input[0].type.tensor_type.shape.dim else None
+    if x_channels is not None and x_channels.HasField("dim_value") and x_channels.dim_value != channels:
+        raise OnnxModelError(f"{path}: the graph takes {x_channels.dim_value} channels; its metadata says {channels}")
     return OnnxExport(
         path=path, model=proto, kind=kind, diffusion=diffusion, image_size=(height, width), channels=channels,
-        precision=meta.get("precision", "fp32"), size_divisor=int(meta.get("size_divisor", 1)),
-        dynamic_size=bool(meta.get("dynamic_size", False)), sampler=meta.get("sampler"), meta=meta,
+        precision=meta.get("precision", "fp32"), size_divisor=divisor,
+        dynamic_size=bool(meta.get("dynamic_size", False)), sampler=sampler, meta=meta,
     )
+
+
+def _check_sampler_meta(sampler: Any) -> dict[str, Any]:
+    """A whole-sampler export's description: method, steps, spacing, eta, and one timestep and one noise
+    flag per step."""
+    if not isinstance(sampler, dict):
+        raise ValueError(f"'sampler' must be an object, got {type(sampler).__name__}")
+    steps = int(sampler["steps"])
+    timesteps, noisy = list(sampler["timesteps"]), [bool(v) for v in sampler["noisy"]]
+    if steps < 1 or len(timesteps) != steps or len(noisy) != steps:
+        raise ValueError(f"'sampler' has steps={steps} but {len(timesteps)} timesteps and {len(noisy)} noise flags")
+    for key in ("method", "spacing", "eta"):
+        sampler[key]  # noqa: B018  (KeyError names a missing field)
+    return {**sampler, "steps": steps, "timesteps": timesteps, "noisy": noisy}
 
 
 # -- graph composition ----------------------------------------------------------------------------
@@ -344,6 +368,10 @@ def _eps_nodes(eps_model, prefix: str, x_name: str, t_name: str):
     for node in graph.node:
         if any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute):
             raise OnnxModelError("the ε-model has control flow (If/Loop/Scan); it cannot be nested in a step graph")
+    # Its weights keep their names in the composed graphs: none may shadow a name those graphs use.
+    clash = sorted(i.name for i in graph.initializer if i.name in _RESERVED or i.name.startswith("fastddpm/"))
+    if clash:
+        raise OnnxModelError(f"the ε-model has initializers named {clash}, which the step and sampler graphs use")
     rename = {"x": x_name, "t": t_name}
     for node in graph.node:
         for out in node.output:
@@ -357,6 +385,9 @@ def _eps_nodes(eps_model, prefix: str, x_name: str, t_name: str):
         new.output[:] = [rename.get(n, n) for n in node.output]
         nodes.append(new)
     return nodes, rename[graph.output[0].name]
+
+
+_RESERVED = {"x", "t", "coef", "aux", "x_next", "x0", "x_T", "noise", "sample"}
 
 
 def _update_nodes(x: str, eps: str, aux: str, coef: str, x_next: str, x0: str, prefix: str):
@@ -392,6 +423,16 @@ def _float_image(name: str, dims=("batch", "channels", "height", "width")):
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(dims))
 
 
+def _image_dims(eps_model) -> tuple:
+    """The ε-model's x dimensions (a fixed channel count, symbolic or fixed batch and size), for the
+    composed graphs' image inputs and outputs."""
+    dims = eps_model.graph.input[0].type.tensor_type.shape.dim
+    names = ("batch", "channels", "height", "width")
+    if len(dims) != 4:
+        return names
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or n) for d, n in zip(dims, names))
+
+
 def _finish(graph, eps_model):
     from onnx import helper
 
@@ -412,11 +453,12 @@ def build_step_model(eps_model):
     prefix = "fastddpm/"
     nodes, eps = _eps_nodes(eps_model, prefix + "eps/", "x", "t")
     nodes += _update_nodes("x", eps, "aux", "coef", "x_next", "x0", prefix)
+    dims = _image_dims(eps_model)
     graph = helper.make_graph(
         nodes, "fastddpm_step",
-        inputs=[_float_image("x"), helper.make_tensor_value_info("t", TensorProto.INT64, ["batch"]),
-                helper.make_tensor_value_info("coef", TensorProto.FLOAT, [5]), _float_image("aux")],
-        outputs=[_float_image("x_next"), _float_image("x0")],
+        inputs=[_float_image("x", dims), helper.make_tensor_value_info("t", TensorProto.INT64, [dims[0]]),
+                helper.make_tensor_value_info("coef", TensorProto.FLOAT, [5]), _float_image("aux", dims)],
+        outputs=[_float_image("x_next", dims), _float_image("x0", dims)],
         initializer=list(eps_model.graph.initializer) + _index_initializers(prefix),
     )
     return _finish(graph, eps_model)
@@ -473,10 +515,11 @@ def build_sampler_model(eps_model, plan: StepPlan):
         numpy_helper.from_array(np.array(-1.0, dtype=np.float32), p + "minus_one"),
         numpy_helper.from_array(np.array(1.0, dtype=np.float32), p + "one"),
     ]
-    inputs = [_float_image("x_T")]
+    dims = _image_dims(eps_model)
+    inputs = [_float_image("x_T", dims)]
     if stochastic:
-        inputs.append(_float_image("noise", ("steps", "batch", "channels", "height", "width")))
-    graph = helper.make_graph(outer_nodes, "fastddpm_sampler", inputs=inputs, outputs=[_float_image("sample")],
+        inputs.append(_float_image("noise", (plan.steps, *dims)))
+    graph = helper.make_graph(outer_nodes, "fastddpm_sampler", inputs=inputs, outputs=[_float_image("sample", dims)],
                               initializer=initializers)
     return _finish(graph, eps_model)
 
@@ -492,7 +535,7 @@ def export_onnx_sampler(
     eta: float | None = None,
     image_size: int | tuple[int, int] | None = None,
     channels: int | None = None,
-    precision: str = "fp32",
+    precision: str | None = None,
     dynamic_size: bool = True,
 ) -> Path:
     """Export the whole sampler (``method``/``steps``/``spacing``/``eta`` as for :class:`fastddpm.Sampler`)
@@ -503,18 +546,21 @@ def export_onnx_sampler(
     import onnx
 
     if isinstance(model, (str, os.PathLike)):
+        if precision is not None or not dynamic_size:
+            raise ValueError("precision and dynamic_size are the ε-model export's; they do not apply to a file")
         source = read_onnx(model)
         if source.kind != EPS_MODEL:
             raise OnnxModelError(f"{source.path}: a {source.kind!r} export; export_onnx_sampler needs an ε-model")
         if diffusion is not None or image_size is not None or channels is not None:
             raise ValueError("diffusion, image_size and channels come from the ε-model export's metadata")
         eps_proto, meta = source.model, dict(source.meta)
-        diffusion = GaussianDiffusion.from_config(source.diffusion)
+        plan = plan_steps(GaussianDiffusion.from_config(source.diffusion), method, steps, spacing, eta)
     else:
         if diffusion is None:
             raise ValueError("diffusion is required when exporting from a torch model")
-        eps_proto, meta = _export_eps_proto(model, diffusion, image_size, channels, precision, dynamic_size)
-    plan = plan_steps(diffusion, method, steps, spacing, eta)
+        plan = plan_steps(diffusion, method, steps, spacing, eta)  # settings checked before the slow export
+        eps_proto, meta = _export_eps_proto(model, diffusion, image_size, channels, precision or "fp32",
+                                            dynamic_size)
     proto = build_sampler_model(eps_proto, plan)
     onnx.checker.check_model(proto)
     meta.update(kind=SAMPLER_MODEL, sampler=plan.describe())

@@ -96,6 +96,8 @@ class OrtSampler:
         except Exception as exc:  # ORT raises its own exception types; name the file
             raise OnnxModelError(f"{export.path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from None
         self.device = "cuda" if CUDA in self.session.get_providers() else "cpu"
+        # The GPU the CUDA provider runs on (provider option device_id): the loop's buffers live there.
+        self.device_id = int(self.session.get_provider_options().get(CUDA, {}).get("device_id", 0)) if self.device == "cuda" else 0
 
     def sample(
         self,
@@ -153,18 +155,21 @@ class OrtSampler:
         import onnxruntime as ort
         from tqdm.auto import tqdm
 
-        plan, device = self.plan, self.device
+        plan, device, device_id = self.plan, self.device, self.device_id
         batch = shape[0]
 
         def on_device(array):
             # A copy: on the CPU provider an OrtValue wraps the numpy buffer, and the loop writes into
             # its state buffers (it would overwrite the caller's x_T).
-            return ort.OrtValue.ortvalue_from_numpy(np.array(array, copy=True, order="C"), device, 0)
+            return ort.OrtValue.ortvalue_from_numpy(np.array(array, copy=True, order="C"), device, device_id)
 
         # Everything the loop reads is on the device before it starts; x and x̂_0 ping-pong between two
         # buffers each (a step reads one and writes the other).
-        xs = [on_device(x_T), ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, device, 0)]
-        x0s = [on_device(np.zeros(shape, np.float32)), ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, device, 0)]
+        def empty():
+            return ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, device, device_id)
+
+        xs = [on_device(x_T), empty()]
+        x0s = [on_device(np.zeros(shape, np.float32)), empty()]
         ts = [on_device(np.full(batch, t, dtype=np.int64)) for t in plan.timesteps]
         coefs = [on_device(row) for row in plan.coefs]
         z = on_device(np.zeros(shape, np.float32)) if any(plan.noisy) else None
@@ -184,6 +189,9 @@ class OrtSampler:
             binding.bind_ortvalue_input("aux", aux)
             binding.bind_ortvalue_output("x_next", xs[1 - current])
             binding.bind_ortvalue_output("x0", x0s[1 - current])
+            # Host-to-device copies (this step's noise) complete before the run reads them: ORT does not
+            # order them with its own stream on its own.
+            binding.synchronize_inputs()
             self.session.run_with_iobinding(binding)
             current = 1 - current
         # numpy() is a view of the OrtValue's memory, freed with it when this returns: copy.

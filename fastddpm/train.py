@@ -4,6 +4,12 @@ All randomness (batch order, timesteps, noise) comes from torch's global generat
 ``TrainConfig.seed``; its state is saved in every checkpoint, so a resumed run continues exactly as an
 uninterrupted one would. Sample grids are drawn under ``torch.random.fork_rng`` so they do not disturb
 the training stream.
+
+Under torch.distributed (``torchrun``; gloo on CPU), every process draws the same global batch, timesteps
+and noise from the same generator and computes the loss on its own contiguous slice of the batch;
+DistributedDataParallel averages the gradients, which for equal slices is the gradient of the global
+batch's mean loss — the single-process step. The random state stays the same in every process, so a
+checkpoint (written by rank 0) resumes at any world size.
 """
 
 from __future__ import annotations
@@ -115,6 +121,16 @@ class Trainer:
         self.perm = torch.randperm(self.data.shape[0])
         self.pos = 0
         self.recent_losses: list[float] = []
+        from .distributed import rank_and_world
+
+        self.rank, self.world_size = rank_and_world()
+        self.ddp = None
+        if self.world_size > 1:
+            if self.batch % self.world_size:
+                raise ValueError(f"batch size {self.batch} does not split evenly over {self.world_size} processes")
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(self.model)
 
     # -- one optimisation step ---------------------------------------------------------------------
     def _next_batch(self) -> torch.Tensor:
@@ -129,12 +145,25 @@ class Trainer:
         self.model.train()
         x0 = self._next_batch()
         t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],)).long()
-        loss = self.diffusion.p_losses(self.model, x0, t, loss_type=self.config.loss)
+        if self.ddp is None:
+            loss = self.diffusion.p_losses(self.model, x0, t, loss_type=self.config.loss)
+        else:
+            # The same draw p_losses makes for the whole batch, then this process's slice of it.
+            noise = torch.randn_like(x0)
+            share = x0.shape[0] // self.world_size
+            part = slice(self.rank * share, (self.rank + 1) * share)
+            loss = self.diffusion.p_losses(self.ddp, x0[part], t[part], noise=noise[part], loss_type=self.config.loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.step += 1
         self._update_ema()
+        if self.ddp is not None:  # report the global batch's loss
+            import torch.distributed as dist
+
+            loss = loss.detach().clone()
+            dist.all_reduce(loss)
+            loss /= self.world_size
         value = loss.item()
         self.recent_losses = (self.recent_losses + [value])[-100:]
         return value
@@ -150,7 +179,8 @@ class Trainer:
     def run(self, *, progress: bool = True, on_step: Callable[["Trainer", float], None] | None = None) -> None:
         cfg = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="training", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="training", disable=not progress or self.rank != 0,
+                   dynamic_ncols=True)
         running = None
         try:
             while self.step < cfg.steps:
@@ -160,7 +190,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{running:.4f}")
                 if on_step is not None:
                     on_step(self, loss)
-                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                if cfg.sample_every and self.step % cfg.sample_every == 0 and self.rank == 0:
                     self.save_grid(self.out_dir / f"samples-{self.step:06d}.png")
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
                     self.save()
@@ -187,7 +217,16 @@ class Trainer:
         return sum(self.recent_losses) / len(self.recent_losses) if self.recent_losses else None
 
     def save(self) -> None:
-        """Write the training checkpoint and the EMA model file, each atomically."""
+        """Write the training checkpoint and the EMA model file, each atomically (rank 0 only: every
+        process holds the same state)."""
+        if self.rank == 0:
+            self._write()
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def _write(self) -> None:
         meta = self._meta()
         tensors: dict[str, torch.Tensor] = {}
         tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
@@ -212,6 +251,7 @@ class Trainer:
                 "pos": self.pos,
                 "final_loss": self.final_loss(),
                 "recent_losses": self.recent_losses,
+                "world_size": self.world_size,
                 "torch_version": torch.__version__,
             },
         }

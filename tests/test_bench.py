@@ -27,9 +27,12 @@ def test_settings_round_trip_and_validation():
     with pytest.raises(ValueError, match="unknown BenchSettings field"):
         BenchSettings.from_dict({"preset": "tiny", "batch": 3})
     assert parse_config("eager") == ("eager", "fp32") and parse_config("reference") == ("reference", "fp32")
+    # The oracle runs first whatever the order asked for, and each configuration once.
+    assert BenchSettings(configs=("eager:fp32", "reference", "eager:fp32")).resolved_configs() == ("reference", "eager:fp32")
 
 
 def test_run_writes_checked_rows_table_csv_and_chart(tmp_path):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
     settings = BenchSettings(preset="tiny", batches=(2,), configs=("eager:fp32", "eager:bf16", "onnxruntime-loop:fp32"),
                              rounds=1, steps=4)
     lines = []
@@ -75,3 +78,14 @@ def test_cli_bench(tmp_path):
     assert {p.name for p in out.iterdir()} == {"bench.csv", "bench.md", "bench.png", "settings.json"}
     assert_one_line_error(run_cli("bench", "--backends", "eager:int8", "--out", str(out)), "eager takes one of")
     assert_one_line_error(run_cli("bench", "--device", "nonsense", "--out", str(out)), "device 'nonsense'")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a backend that cannot run without CUDA")
+def test_a_configuration_that_cannot_run_is_reported_not_fatal(tmp_path):
+    rows = run_bench(BenchSettings(preset="tiny", batches=(2,), configs=("cudagraph:fp32", "eager:fp32"), rounds=1,
+                                   steps=3), tmp_path, progress=False, log=lambda text: None)
+    failed = next(r for r in rows if r["config"] == "cudagraph:fp32")
+    assert failed["check"].startswith("failed: backend 'cudagraph' needs a CUDA device") and "ms_per_step" not in failed
+    assert next(r for r in rows if r["config"] == "eager:fp32")["ms_per_step"] > 0
+    with Image.open(tmp_path / "bench.png") as chart:
+        assert chart.format == "PNG"

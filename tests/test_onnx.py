@@ -2,6 +2,9 @@
 sizes and image sizes from one export, fp16, metadata round-trip, trajectories against fastddpm.Sampler
 with the same noise, the whole-sampler Loop export against the step-wise sampler, clear errors, the CLI."""
 
+import json
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -222,6 +225,34 @@ def test_bad_files_give_clear_errors(exported, tmp_path):
     onnx.save(helper.make_model(graph), str(foreign))
     with pytest.raises(OnnxModelError, match=r"foreign\.onnx: an ONNX model, but not a fastddpm export"):
         OrtSampler(foreign)
+
+
+def _with_metadata(source, target, change):
+    from fastddpm.onnx_export import METADATA_KEY
+
+    proto = onnx.load(str(source))
+    entry = next(p for p in proto.metadata_props if p.key == METADATA_KEY)
+    meta = json.loads(entry.value)
+    change(meta)
+    entry.value = json.dumps(meta)
+    onnx.save(proto, str(target))
+    return target
+
+
+def test_inconsistent_metadata_is_rejected(exported, tmp_path):
+    loop = export_onnx_sampler(exported, tmp_path / "loop.onnx", method="ddim", steps=4, eta=1.0)
+    read_onnx(loop)  # as written: consistent
+    cases = {
+        "noisy": (lambda m: m["sampler"]["noisy"].pop(), "4 timesteps and 3 noise flags"),
+        "sampler": (lambda m: m.pop("sampler"), "incomplete fastddpm metadata"),
+        "channels": (lambda m: m.update(channels=3), "the graph takes 1 channels; its metadata says 3"),
+        "divisor": (lambda m: m.update(size_divisor=0), "each must be positive"),
+        "betas": (lambda m: m["betas"].__setitem__(0, 0.5), "betas do not match"),
+        "deterministic": (lambda m: m["sampler"].update(noisy=[False] * 4), "should have inputs ['x_T']"),
+    }
+    for name, (change, message) in cases.items():
+        with pytest.raises(OnnxModelError, match=re.escape(message)):
+            read_onnx(_with_metadata(loop, tmp_path / f"{name}.onnx", change))
 
 
 def test_sample_arguments_are_checked(exported):

@@ -1,0 +1,95 @@
+"""Scale-out on torch.distributed (gloo, CPU): sharded sampling gives the same images for 1 and 2
+processes and resumes without redoing finished shards; DDP training matches one process with the same
+global batch and resumes at another world size."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fastddpm import GaussianDiffusion, save
+from fastddpm.distributed import read_manifest
+
+from test_cli import assert_one_line_error
+
+# torchrun's own parser would read `--num` as an abbreviation of its `--numa-binding`: `--` ends its options.
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "fastddpm", "--"]
+# Bit-identical results need the same arithmetic in every process: torchrun gives each process one thread
+# (OMP_NUM_THREADS=1), and the single-process runs here use one too (a convolution's sums are split by thread).
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run(args, torchrun=False):
+    command = (TORCHRUN if torchrun else [sys.executable, "-m", "fastddpm"]) + [str(a) for a in args]
+    return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, small_unet):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save(path, small_unet, GaussianDiffusion(50), image_size=8)
+    return path
+
+
+def test_sharded_sampling_same_images_for_any_process_count_and_resumes(checkpoint, tmp_path):
+    common = ["sample", "--checkpoint", checkpoint, "--num", 11, "--shard-size", 3, "--batch-size", 2,
+              "--method", "ddim", "--steps", 3, "--no-progress"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    result = run(common + ["--out-dir", one])
+    assert result.returncode == 0, result.stderr
+    result = run(common + ["--out-dir", two], torchrun=True)
+    assert result.returncode == 0, result.stderr
+    manifest_one, images_one = read_manifest(one)
+    manifest_two, images_two = read_manifest(two)
+    assert images_one.shape == (11, 8, 8, 1) and len(manifest_one["shards"]) == 4
+    assert manifest_one["shards"] == manifest_two["shards"] and manifest_one["run"] == manifest_two["run"]
+    assert np.array_equal(images_one, images_two)
+    assert len({images_one[i].tobytes() for i in range(11)}) == 11  # per-sample seeds: all different
+
+    # Resume: only the missing shard is sampled again, and it comes back the same.
+    (one / "shard-000002.npz").unlink()
+    (one / "manifest.json").unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in one.glob("shard-*.npz")}
+    result = run(common + ["--out-dir", one], torchrun=True)  # resumed at another world size
+    assert result.returncode == 0, result.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in one.glob("shard-*.npz") if p.name in before} == before
+    assert np.array_equal(read_manifest(one)[1], images_two)
+
+    # Another run's settings never mix into the folder; torch noise cannot shard.
+    changed = [a if a != 3 else 4 for a in common]  # --steps 4 (and --shard-size 4)
+    assert_one_line_error(run(changed + ["--out-dir", one]), "written by another run")
+    assert_one_line_error(run(common + ["--out-dir", tmp_path / "x", "--noise", "torch"]), "--noise philox")
+
+
+def test_ddp_training_matches_one_process_and_resumes_at_another_world_size(tmp_path):
+    data = tmp_path / "data.npy"
+    np.save(data, np.random.default_rng(0).integers(0, 256, (24, 8, 8), dtype=np.uint8))
+    common = ["train", "--data", data, "--image-size", 8, "--dim", 8, "--dim-mults", "1,2", "--timesteps", 50,
+              "--batch-size", 4, "--save-every", 0, "--no-progress", "--seed", 3]
+    result = run(common + ["--steps", 4, "--out-dir", tmp_path / "single"])
+    assert result.returncode == 0, result.stderr
+    result = run(common + ["--steps", 4, "--out-dir", tmp_path / "ddp"], torchrun=True)
+    assert result.returncode == 0, result.stderr
+    from fastddpm.checkpoint import read_checkpoint
+    from fastddpm.tolerances import DDP_GRADIENT_AVERAGING, assert_close
+
+    single, _ = read_checkpoint(tmp_path / "single" / "checkpoint.safetensors")
+    ddp, meta = read_checkpoint(tmp_path / "ddp" / "checkpoint.safetensors")
+    assert meta["training"]["step"] == 4 and meta["training"]["world_size"] == 2
+    weights = [k for k in single if k.startswith("model.")]
+    assert weights and set(weights) == {k for k in ddp if k.startswith("model.")}
+    flat = lambda d: torch.cat([d[k].float().flatten() for k in weights])  # noqa: E731
+    assert_close(flat(ddp), flat(single), rtol=DDP_GRADIENT_AVERAGING)
+
+    # Resume the DDP run in one process and the single run under torchrun: both continue alike.
+    result = run(["train", "--resume", tmp_path / "ddp" / "checkpoint.safetensors", "--steps", 6, "--no-progress"])
+    assert result.returncode == 0, result.stderr
+    result = run(["train", "--resume", tmp_path / "single" / "checkpoint.safetensors", "--steps", 6, "--no-progress"],
+                 torchrun=True)
+    assert result.returncode == 0, result.stderr
+    single, _ = read_checkpoint(tmp_path / "single" / "checkpoint.safetensors")
+    ddp, _ = read_checkpoint(tmp_path / "ddp" / "checkpoint.safetensors")
+    assert_close(flat(ddp), flat(single), rtol=DDP_GRADIENT_AVERAGING)
