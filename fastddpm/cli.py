@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--seed", type=_seed, help="random seed (default 0)")
     o.add_argument("--sample-every", type=_non_negative_int, help="write a sample grid every N steps (default 0: never)")
     o.add_argument("--save-every", type=_non_negative_int, help="write checkpoints every N steps (default 500)")
+    train.add_argument("--device", default="cpu",
+                       help="torch device for the model (default cpu; under torchrun, cuda means each process's "
+                       "LOCAL_RANK GPU and nccl)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(func=_cmd_train)
     return parser
@@ -427,13 +430,12 @@ _TRAIN_DEFAULTS = dict(image_size=28, channels=1, dim=28, dim_mults=(1, 2, 4), b
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    import torch
+    from .distributed import init_from_env, local_device
 
-    from .distributed import init_from_env
-
-    joined = init_from_env(torch.device("cpu"))  # under torchrun: the trainer runs on CPU processes (gloo)
+    device = local_device(_device(args.device))
+    joined = init_from_env(device)  # under torchrun: gloo on CPU, nccl on CUDA
     try:
-        _train(args)
+        _train(args, device)
     finally:
         if joined:
             import torch.distributed as dist
@@ -441,7 +443,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
             dist.destroy_process_group()
 
 
-def _train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace, device) -> None:
     from .data import load_dataset
     from .diffusion import DiffusionConfig
     from .train import TrainConfig, Trainer, read_train_config
@@ -464,7 +466,10 @@ def _train(args: argparse.Namespace) -> None:
         if args.epochs is not None:
             steps = _epochs_to_steps(args.epochs, data.shape[0], config.batch_size)
         out_dir = Path(args.out_dir) if args.out_dir else Path(args.resume).parent
-        trainer = Trainer.resume(args.resume, out_dir, steps=steps, data=data)
+        try:
+            trainer = Trainer.resume(args.resume, out_dir, steps=steps, data=data, device=device)
+        except ValueError as exc:  # e.g. a batch that does not split over the processes
+            raise CLIError(str(exc)) from None
         schedule_overrides = {k: getattr(args, k) for k in ("sample_every", "save_every") if getattr(args, k) is not None}
         trainer.config = dataclasses.replace(trainer.config, **schedule_overrides)
     else:
@@ -487,7 +492,7 @@ def _train(args: argparse.Namespace) -> None:
                 batch_size=opts["batch_size"], steps=steps, ema_decay=opts["ema_decay"], seed=opts["seed"],
                 sample_every=opts["sample_every"], save_every=opts["save_every"],
             )
-            trainer = Trainer(config, args.out_dir or "runs/train", data=data)
+            trainer = Trainer(config, args.out_dir or "runs/train", data=data, device=device)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
     if trainer.rank == 0:

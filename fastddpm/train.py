@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -107,12 +108,16 @@ class TrainConfig:
 class Trainer:
     """Holds the model, its EMA, the optimizer, the data order and the step; ``run`` trains to ``steps``."""
 
-    def __init__(self, config: TrainConfig, out_dir: str | os.PathLike, *, data: torch.Tensor | None = None):
+    def __init__(self, config: TrainConfig, out_dir: str | os.PathLike, *, data: torch.Tensor | None = None,
+                 device: torch.device | str = "cpu"):
         self.config = config
+        # The device runs the model; the data, the batch order and every random draw stay on the CPU
+        # generator, so a run is the same random stream on any device and any number of processes.
+        self.device = torch.device(device)
         self.out_dir = Path(out_dir)
         self.data = data if data is not None else load_dataset(config.data, config.image_size, config.channels)
         torch.manual_seed(config.seed)
-        self.model = Unet.from_config(config.model)
+        self.model = Unet.from_config(config.model).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.diffusion = GaussianDiffusion.from_config(config.diffusion)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
@@ -130,7 +135,8 @@ class Trainer:
                 raise ValueError(f"batch size {self.batch} does not split evenly over {self.world_size} processes")
             from torch.nn.parallel import DistributedDataParallel
 
-            self.ddp = DistributedDataParallel(self.model)
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     # -- one optimisation step ---------------------------------------------------------------------
     def _next_batch(self) -> torch.Tensor:
@@ -145,14 +151,14 @@ class Trainer:
         self.model.train()
         x0 = self._next_batch()
         t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],)).long()
-        if self.ddp is None:
-            loss = self.diffusion.p_losses(self.model, x0, t, loss_type=self.config.loss)
-        else:
-            # The same draw p_losses makes for the whole batch, then this process's slice of it.
-            noise = torch.randn_like(x0)
+        # The draw p_losses would make itself on the CPU (randn_like), for the whole batch.
+        noise = torch.randn_like(x0)
+        model, part = self.model, slice(None)
+        if self.ddp is not None:  # this process's slice of the global batch
             share = x0.shape[0] // self.world_size
-            part = slice(self.rank * share, (self.rank + 1) * share)
-            loss = self.diffusion.p_losses(self.ddp, x0[part], t[part], noise=noise[part], loss_type=self.config.loss)
+            model, part = self.ddp, slice(self.rank * share, (self.rank + 1) * share)
+        on = functools.partial(torch.Tensor.to, device=self.device)
+        loss = self.diffusion.p_losses(model, on(x0[part]), on(t[part]), noise=on(noise[part]), loss_type=self.config.loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -229,16 +235,17 @@ class Trainer:
     def _write(self) -> None:
         meta = self._meta()
         tensors: dict[str, torch.Tensor] = {}
-        tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
-        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        tensors.update({f"model.{k}": v.cpu() for k, v in self.model.state_dict().items()})
+        tensors.update({f"ema.{k}": v.cpu() for k, v in self.ema.state_dict().items()})
         for i, p in enumerate(self.model.parameters()):
             for name, value in self.optimizer.state.get(p, {}).items():
-                tensors[f"optim.{i}.{name}"] = torch.as_tensor(value)
+                tensors[f"optim.{i}.{name}"] = torch.as_tensor(value).cpu()
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["data.perm"] = self.perm
         write_checkpoint(self.out_dir / CHECKPOINT_NAME, tensors, {**meta, "kind": "training"})
         model_meta = {**meta, "kind": "model"}
-        write_checkpoint(self.out_dir / MODEL_NAME, {f"model.{k}": v for k, v in self.ema.state_dict().items()}, model_meta)
+        write_checkpoint(self.out_dir / MODEL_NAME, {f"model.{k}": v.cpu() for k, v in self.ema.state_dict().items()},
+                         model_meta)
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -259,7 +266,7 @@ class Trainer:
     @classmethod
     def resume(
         cls, checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, steps: int | None = None,
-        data: torch.Tensor | None = None,
+        data: torch.Tensor | None = None, device: torch.device | str = "cpu",
     ) -> "Trainer":
         """Rebuild a trainer from a training checkpoint; ``steps`` raises the target step count."""
         path = Path(checkpoint)
@@ -268,7 +275,7 @@ class Trainer:
         training = meta["training"]
         if steps is not None:
             config = dataclasses.replace(config, steps=steps)
-        trainer = cls(config, out_dir if out_dir is not None else path.parent, data=data)
+        trainer = cls(config, out_dir if out_dir is not None else path.parent, data=data, device=device)
         model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         ema_sd = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
         try:
