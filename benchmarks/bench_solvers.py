@@ -57,7 +57,8 @@ def main(argv=None) -> int:
         diffusers = None
         print("diffusers is not installed: the anchor rows are skipped (pip install 'fastddpm[compare]')")
     for steps in (10, 15, 20):
-        runs = [ours("dpmsolver++", steps, "logsnr"), ours("ddim", steps, "logsnr"), ours("dpmsolver++", steps, "trailing")]
+        runs = [ours("dpmsolver++", steps, "logsnr-sqrt"), ours("dpmsolver++", steps, "logsnr"),
+                ours("ddim", steps, "logsnr-sqrt"), ours("ddim", steps, "logsnr"), ours("dpmsolver++", steps, "trailing")]
         if diffusers is not None:
             common = dict(num_train_timesteps=T, beta_schedule="linear", use_karras_sigmas=True)
             runs.append(anchor("DPM-Solver++(2M) Karras", diffusers.DPMSolverMultistepScheduler(

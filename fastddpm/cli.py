@@ -62,7 +62,7 @@ def _add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=_positive_int,
                         help="sampling steps (default: all the model's timesteps); fewer respace the chain")
     parser.add_argument("--eta", type=float, help="DDIM's η (default 0: deterministic); ddim only")
-    parser.add_argument("--spacing", choices=("leading", "trailing", "linspace", "logsnr"),
+    parser.add_argument("--spacing", choices=("leading", "trailing", "linspace", "logsnr", "logsnr-sqrt"),
                         help="where the --steps timesteps fall (default logsnr: even in log-SNR, best for few steps)")
 
 
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--method", choices=("ddpm", "ddim", "dpmsolver++"), default="ddpm",
                        help="sampler (default ddpm: per-step timing of the ancestral update)")
     bench.add_argument("--steps", type=_positive_int, default=10, help="steps per sample (default 10)")
-    bench.add_argument("--spacing", choices=("leading", "trailing", "linspace", "logsnr"), default="logsnr",
+    bench.add_argument("--spacing", choices=("leading", "trailing", "linspace", "logsnr", "logsnr-sqrt"), default="logsnr",
                        help="timestep spacing of the few-step methods (default logsnr)")
     bench.add_argument("--rounds", type=_positive_int, default=5, help="timed rounds per configuration (default 5)")
     bench.add_argument("--device", default="cpu", help="torch device (default cpu)")

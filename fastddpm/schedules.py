@@ -5,6 +5,11 @@ Spacings follow diffusers' names (Lin et al. 2023 compare them): for T training 
 "trailing" counts down from T−1 in steps of T / S. "logsnr" (this library's) places the steps uniformly
 in λ = log(√ᾱ/√(1−ᾱ)) between t = T−1 and t = 0, each at the training timestep nearest in λ — the step
 placement DPM-Solver's authors recommend for few steps; it needs the schedule (``alphas_cumprod``).
+"logsnr-sqrt" warps that grid toward low noise: step k lands at fraction √(k/(S−1)) of the way in λ, so
+the steps shrink as the sample sharpens (narrow modes are resolved late). On the exact-ε mixture harness
+at 10 evaluations it took DPM-Solver++(2M) from 3.07× to 1.60× the exact-draw floor, but on the trained
+digits model it scored worse than "logsnr" (its large early steps meet the learned ε̂ where it is least
+accurate), so "logsnr" stays the default (README).
 Sequences are returned in sampling order (descending) and always end by denoising to x_0 (the step
 after the last timestep uses ᾱ = 1).
 """
@@ -18,7 +23,9 @@ import torch
 
 __all__ = ["SPACINGS", "timestep_sequence", "ddim_coefficients", "dpmsolver_coefficients"]
 
-SPACINGS = ("leading", "trailing", "linspace", "logsnr")
+SPACINGS = ("leading", "trailing", "linspace", "logsnr", "logsnr-sqrt")
+# Where step k of S falls between the noisiest and the cleanest λ, as a fraction u_k of the way.
+_LOGSNR_WARP = {"logsnr": 1.0, "logsnr-sqrt": 0.5}
 
 
 def timestep_sequence(
@@ -30,12 +37,13 @@ def timestep_sequence(
         raise ValueError(f"unknown spacing {spacing!r}; expected one of {SPACINGS}")
     if not 1 <= S <= T:
         raise ValueError(f"steps must lie in [1, {T}] (the training timesteps), got {S}")
-    if spacing == "logsnr":
+    if spacing in _LOGSNR_WARP:
         if alphas_cumprod is None or alphas_cumprod.shape != (T,):
-            raise ValueError(f"spacing 'logsnr' needs the schedule's alphas_cumprod (T={T} values)")
+            raise ValueError(f"spacing {spacing!r} needs the schedule's alphas_cumprod (T={T} values)")
         abar = alphas_cumprod.detach().to("cpu", torch.float64)
         lam = 0.5 * torch.log(abar / (1 - abar))
-        targets = torch.linspace(float(lam[T - 1]), float(lam[0]), S, dtype=torch.float64)
+        u = torch.linspace(0, 1, S, dtype=torch.float64) ** _LOGSNR_WARP[spacing]
+        targets = float(lam[T - 1]) + (float(lam[0]) - float(lam[T - 1])) * u
         seq, upper = [], T  # each pick lies below the previous one and leaves room for the rest
         for i, v in enumerate(targets.tolist()):
             lower = S - 1 - i

@@ -44,6 +44,13 @@ def test_timestep_sequences(spacing, T, S):
         assert (gaps > 0).all()
         if S <= 50:
             assert gaps.max() < 2 * (lam[-1] - lam[0]) / (S - 1)
+    if spacing == "logsnr-sqrt":  # the same ends, steps shrinking toward low noise
+        assert seq[0] == T - 1 and seq[-1] == 0
+        lam = 0.5 * torch.log(abar / (1 - abar))[seq]
+        gaps = lam[1:] - lam[:-1]
+        assert (gaps > 0).all()
+        if 4 <= S <= 50:
+            assert gaps[0] > 2 * gaps[-1]
 
 
 def test_timestep_sequence_rejects_bad_input():
@@ -190,6 +197,22 @@ def test_logsnr_step_placement_beats_trailing_at_few_steps(mixture):
     trailing = quality(mixture, method="dpmsolver++", steps=10, spacing="trailing")
     logsnr = quality(mixture, method="dpmsolver++", steps=10, spacing="logsnr")
     assert logsnr.w_over_floor < trailing.w_over_floor
+
+
+def test_logsnr_sqrt_beats_logsnr_at_10_steps_on_a_held_out_mixture():
+    """logsnr-sqrt's exponent was chosen on the `mixture` fixture's harness; this mixture (one component of
+    std 0.03) took no part in that choice. Measured: 2.03 against 3.80 times the floor."""
+    diffusion = GaussianDiffusion(1000)
+    g = torch.Generator().manual_seed(1)
+    mix = GaussianMixture(torch.randn(2, 4, generator=g), [0.03, 0.3], [0.6, 0.4], diffusion.alphas_cumprod, (1, 2, 2))
+    g = torch.Generator().manual_seed(0)
+    references = [mix.sample(4000, g)[0] for _ in range(4)]
+    ratios = {}
+    for spacing in ("logsnr", "logsnr-sqrt"):
+        out = Sampler(mix, diffusion, method="dpmsolver++", steps=10, spacing=spacing).sample(
+            4000, (2, 2), 1, seed=1, noise="philox", progress=False, clip=False)
+        ratios[spacing] = evaluate(mix, out, references).w_over_floor
+    assert ratios["logsnr-sqrt"] < 0.75 * ratios["logsnr"]
 
 
 def test_dpmsolver_draws_no_noise_after_x_T(small_unet):
