@@ -69,12 +69,15 @@ class EpsModel(nn.Module):
         out = _unwrap(self._call(self.model, x, t))
         if self.prediction_type == "epsilon":
             return out
+        # In float32 whatever the model ran in: x̂_0 → ε divides by √(1−ᾱ) (0.01 at t = 0), and the sample
+        # state is float32 (a bf16 model output is rounded once, not the state too).
         shape = (t.shape[0],) + (1,) * (x.ndim - 1)
-        a = self.sqrt_abar[t].reshape(shape).to(out.dtype)
-        s = self.sqrt_one_minus_abar[t].reshape(shape).to(out.dtype)
+        a = self.sqrt_abar[t].reshape(shape)
+        s = self.sqrt_one_minus_abar[t].reshape(shape)
+        out, xf = out.float(), x.float()
         if self.prediction_type == "sample":
-            return (x.to(out.dtype) - a * out) / s
-        return a * out + s * x.to(out.dtype)
+            return (xf - a * out) / s
+        return a * out + s * xf
 
 
 def _call_plain(model, x, t):
@@ -145,7 +148,7 @@ def diffusion_from_diffusers(scheduler: Any) -> tuple[GaussianDiffusion, str]:
     return GaussianDiffusion(beta_schedule=betas), PREDICTION_TYPES[prediction]
 
 
-def load_diffusers(folder: str, device: torch.device | str = "cpu") -> tuple[EpsModel, GaussianDiffusion, int, int]:
+def load_diffusers(folder: str, device: torch.device | str = "cpu") -> tuple[EpsModel, GaussianDiffusion, int | None, int]:
     """A diffusers DDPM pipeline folder (``unet/`` and ``scheduler/``, as ``save_pretrained`` writes it),
     read offline: ``(eps_model, diffusion, image_size, channels)``."""
     from pathlib import Path
@@ -161,9 +164,30 @@ def load_diffusers(folder: str, device: torch.device | str = "cpu") -> tuple[Eps
     unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True).to(device).eval()
     scheduler = DDPMScheduler.from_pretrained(str(scheduler_dir), local_files_only=True)
     diffusion, prediction = diffusion_from_diffusers(scheduler)
-    size = unet.config.sample_size
-    size = size if isinstance(size, int) else int(size[0])
-    return EpsModel(unet, prediction, diffusion), diffusion, size, int(unet.config.in_channels)
+    config = unet.config
+    if getattr(config, "num_class_embeds", None) or getattr(config, "class_embed_type", None):
+        raise ValueError(f"{unet_dir}: a class-conditional UNet2DModel; fastddpm samples unconditional models")
+    if scheduler.config.get("clip_sample", False) and scheduler.config.get("clip_sample_range", 1.0) != 1.0:
+        raise ValueError(f"{scheduler_dir}: clip_sample_range {scheduler.config['clip_sample_range']}; fastddpm's "
+                         "samplers work in [−1, 1]")
+    channels = int(config.in_channels)
+    call = None
+    if int(config.out_channels) == 2 * channels:  # learned variance: ε and the variance, stacked
+        if scheduler.config.get("variance_type") not in ("learned", "learned_range"):
+            raise ValueError(f"{unet_dir}: {config.out_channels} output channels for {channels} input channels")
+        call = _first_half
+    elif int(config.out_channels) != channels:
+        raise ValueError(f"{unet_dir}: {config.out_channels} output channels for {channels} input channels")
+    size = config.sample_size  # None: the caller must name a size
+    size = size if size is None or isinstance(size, int) else int(size[0])
+    return EpsModel(unet, prediction, diffusion, call=call), diffusion, size, channels
+
+
+def _first_half(model, x, t):
+    """A learned-variance model's prediction: the first C of its 2C output channels (the variance, the
+    second half, is not used: fastddpm's samplers use the fixed posterior variance)."""
+    out = _unwrap(model(x, t))
+    return out[:, : out.shape[1] // 2]
 
 
 # -- denoising-diffusion-pytorch ----------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -209,10 +210,13 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     if args.out_dir is not None and args.noise == "torch":
         raise CLIError("--out-dir keys each image by its own seed: it samples with --noise philox")
     args.noise = args.noise or ("philox" if args.out_dir is not None else "torch")
+    if args.out_dir is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise CLIError("under torchrun, sample writes shards: pass --out-dir DIR (every process would otherwise "
+                       "sample all images and write the same --out)")
     out = Path(args.out)
-    if out.suffix.lower() not in (".png", ".npz"):
+    if args.out_dir is None and out.suffix.lower() not in (".png", ".npz"):
         raise CLIError(f"--out must end in .png (a grid) or .npz (uint8 images), got {args.out!r}")
-    if not out.parent.exists():
+    if args.out_dir is None and not out.parent.exists():
         raise CLIError(f"--out folder {str(out.parent)!r} does not exist")
     if args.onnx is not None and args.backend == "auto":
         args.backend = "onnxruntime"
@@ -222,10 +226,8 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         return _sample_onnx(args, out)
     if args.onnx is not None:
         raise CLIError(f"--onnx samples in ONNX Runtime; it does not go with --backend {args.backend}")
-    from .distributed import init_from_env, local_device
-
-    device = local_device(_device(args.device))
-    joined = init_from_env(device) if args.out_dir is not None else False
+    device = _process_device(args.device)
+    joined = _join_process_group(device) if args.out_dir is not None else False
     try:
         _sample_torch(args, out, device)
     finally:
@@ -233,6 +235,43 @@ def _cmd_sample(args: argparse.Namespace) -> None:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def _process_device(name: str):
+    """The device this process uses: under torchrun on CUDA, its LOCAL_RANK GPU (made current first, so
+    nothing opens a context on GPU 0)."""
+    import torch
+
+    from .distributed import local_device
+
+    try:
+        device = local_device(torch.device(name))
+    except (RuntimeError, ValueError) as exc:
+        raise CLIError(f"device {name!r} is not usable here: {str(exc).splitlines()[0]}") from None
+    return _device(str(device))
+
+
+def _join_process_group(device) -> bool:
+    from .distributed import init_from_env
+
+    try:
+        return init_from_env(device)
+    except (RuntimeError, ValueError) as exc:  # e.g. WORLD_SIZE without MASTER_ADDR, or no NCCL
+        raise CLIError(f"cannot join the torch.distributed process group: {str(exc).strip().splitlines()[0]}") from None
+
+
+def _content_hash(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (names and contents): what identifies a sharded run's model."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(path) if file != path else file.name).encode())
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def _sample_torch(args: argparse.Namespace, out: Path, device) -> None:
@@ -265,15 +304,18 @@ def _sample_torch(args: argparse.Namespace, out: Path, device) -> None:
     except (RuntimeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     if args.out_dir is not None:
+        from .checkpoint import bundled_model_path
         from .distributed import ShardError, sample_shards
 
-        settings = {"model": args.diffusers or args.checkpoint or "bundled", "precision": args.precision or "fp32",
-                    **_sampler_settings(args)}
+        # The model by its contents (a path can be spelled many ways, and a file can be retrained in place).
+        source = Path(args.diffusers or args.checkpoint or bundled_model_path())
+        settings = {"model_sha256": _content_hash(source), "precision": args.precision or "fp32",
+                    "backend": sampler.backend, "device": device.type, **_sampler_settings(args)}
         try:
             manifest = sample_shards(sampler, args.num, args.out_dir, image_size=image_size, channels=channels,
                                      seed=args.seed, shard_size=args.shard_size, batch_size=args.batch_size,
                                      settings=settings, progress=not args.no_progress)
-        except (ShardError, OSError) as exc:
+        except (ShardError, OSError, ValueError) as exc:
             raise CLIError(str(exc)) from None
         from .distributed import rank_and_world
 
@@ -290,8 +332,11 @@ def _sample_torch(args: argparse.Namespace, out: Path, device) -> None:
             print(f"batch {index + 1}/{num_batches}", file=sys.stderr)
         # philox: image i of the whole run has seed `--seed + i`, whatever the batch split.
         seed = args.seed + done if args.noise == "philox" else None
-        batches.append(sampler.sample(n, image_size, channels, seed=seed, noise=args.noise,
-                                      progress=not args.no_progress).cpu())
+        try:
+            batches.append(sampler.sample(n, image_size, channels, seed=seed, noise=args.noise,
+                                          progress=not args.no_progress).cpu())
+        except (ValueError, RuntimeError) as exc:  # e.g. seeds past 2**63 - 1, or a model that fails
+            raise CLIError(str(exc).strip().splitlines()[0]) from None
         done += n
     _write_samples(torch.cat(batches), out, image_size, channels, args.num)
 
@@ -430,10 +475,8 @@ _TRAIN_DEFAULTS = dict(image_size=28, channels=1, dim=28, dim_mults=(1, 2, 4), b
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from .distributed import init_from_env, local_device
-
-    device = local_device(_device(args.device))
-    joined = init_from_env(device)  # under torchrun: gloo on CPU, nccl on CUDA
+    device = _process_device(args.device)
+    joined = _join_process_group(device)  # under torchrun: gloo on CPU, nccl on CUDA
     try:
         _train(args, device)
     finally:
@@ -501,10 +544,13 @@ def _train(args: argparse.Namespace, device) -> None:
               f"{trainer.config.steps} steps (from step {trainer.step}){processes} into {trainer.out_dir}", file=sys.stderr)
     try:
         trainer.run(progress=not args.no_progress)
-    except KeyboardInterrupt:
-        trainer.save()
-        print(f"interrupted at step {trainer.step}; saved {trainer.out_dir / 'checkpoint.safetensors'}", file=sys.stderr)
+    except KeyboardInterrupt:  # the trainer saved at the last complete step
+        if trainer.rank == 0:
+            print(f"interrupted at step {trainer.step}; saved {trainer.out_dir / 'checkpoint.safetensors'}",
+                  file=sys.stderr)
         raise
+    except OSError as exc:  # a checkpoint or grid that cannot be written
+        raise CLIError(f"cannot write into {trainer.out_dir}: {exc}") from None
     loss = trainer.final_loss()
     if trainer.rank != 0:
         return

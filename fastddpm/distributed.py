@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +34,10 @@ MANIFEST = "manifest.json"
 
 class ShardError(ValueError):
     """An output folder that belongs to another run, or a shard that cannot be read."""
+
+
+class _Foreign(Exception):
+    """A shard whose settings are another run's (carries them)."""
 
 
 def init_from_env(device: torch.device) -> bool:
@@ -55,10 +60,30 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def local_device(device: torch.device) -> torch.device:
-    """On CUDA under torchrun, each process takes the GPU of its ``LOCAL_RANK``."""
+    """On CUDA under torchrun, each process takes the GPU of its ``LOCAL_RANK`` and makes it current (Triton
+    launches on the current device; NCCL maps ranks to devices by it)."""
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        index = int(os.environ["LOCAL_RANK"])
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK {index}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        device = torch.device("cuda", index)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
     return device
+
+
+def _agree(error: str | None) -> None:
+    """Every process reports whether it failed; all raise together if any did (a lone failure would leave
+    the others waiting at the next barrier)."""
+    import torch.distributed as dist
+
+    errors = [error]
+    if dist.is_available() and dist.is_initialized():
+        errors = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, error)
+    failed = [e for e in errors if e is not None]
+    if failed:
+        raise ShardError(failed[0])
 
 
 def _barrier() -> None:
@@ -80,9 +105,13 @@ def _read_shard(path: Path, start: int, stop: int, settings: dict[str, Any]) -> 
     try:
         with np.load(path, allow_pickle=False) as data:
             stored = json.loads(str(data["settings"]))
+            if stored != settings:  # compared before anything else is read: never resample another run's shard
+                raise _Foreign(stored)
             indices = data["indices"]
             count = data["images"].shape[0]
-    except Exception:  # truncated or corrupt (atomic writes make this rare): sample it again
+    except _Foreign as foreign:
+        stored = foreign.args[0]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):  # truncated or corrupt: sample it again
         return False
     if stored != settings:
         differing = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
@@ -115,39 +144,63 @@ def sample_shards(
         raise ValueError("num, shard_size and batch_size must be positive")
     rank, world = rank_and_world()
     out = Path(out_dir)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    _barrier()
     run = {"num": num, "shard_size": shard_size, "batch_size": batch_size, "seed": seed, "image_size": image_size,
            "channels": channels, "noise": "philox", **(settings or {})}
+    # As it will read back from a shard (tuples become lists); NaN and non-JSON values are refused up front.
+    run = json.loads(json.dumps(run, sort_keys=True, allow_nan=False))
+    if seed < 0 or seed + num - 1 > 2**63 - 1:
+        raise ValueError(f"seeds {seed}..{seed + num - 1} (one per image) must lie in [0, 2**63 - 1]")
+    error = None
+    try:
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        error = f"{out}: cannot create the folder ({exc})"
+    _agree(error)
     shards = math.ceil(num / shard_size)
     mine = list(range(rank, shards, world))
-    todo = [k for k in mine if not _read_shard(_shard_path(out, k), k * shard_size, min(num, (k + 1) * shard_size), run)]
+    todo, error = [], None
+    try:
+        todo = [k for k in mine
+                if not _read_shard(_shard_path(out, k), k * shard_size, min(num, (k + 1) * shard_size), run)]
+    except ShardError as exc:
+        error = str(exc)
+    _agree(error)
     if log is not None:
         log(f"rank {rank}/{world}: {len(mine)} shard(s), {len(mine) - len(todo)} already done")
-    for k in tqdm(todo, desc=f"shards (rank {rank})", disable=not progress, leave=False):
-        start, stop = k * shard_size, min(num, (k + 1) * shard_size)
-        images = []
-        for lo in range(start, stop, batch_size):  # the same batches for any number of processes
-            hi = min(stop, lo + batch_size)
-            seeds = torch.arange(lo, hi, dtype=torch.int64) + seed
-            images.append(sampler.sample(hi - lo, image_size, channels, seed=seeds, noise="philox", progress=False).cpu())
-        with atomic_path(_shard_path(out, k)) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, images=to_uint8_images(torch.cat(images)), indices=np.arange(start, stop),
-                         settings=np.array(json.dumps(run, sort_keys=True)))
-    _barrier()
+    error = None
+    try:
+        for k in tqdm(todo, desc=f"shards (rank {rank})", disable=not progress, leave=False):
+            start, stop = k * shard_size, min(num, (k + 1) * shard_size)
+            images = []
+            for lo in range(start, stop, batch_size):  # the same batches for any number of processes
+                hi = min(stop, lo + batch_size)
+                seeds = torch.arange(lo, hi, dtype=torch.int64) + seed
+                images.append(sampler.sample(hi - lo, image_size, channels, seed=seeds, noise="philox",
+                                             progress=False).cpu())
+            with atomic_path(_shard_path(out, k)) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, images=to_uint8_images(torch.cat(images)), indices=np.arange(start, stop),
+                             settings=np.array(json.dumps(run, sort_keys=True)))
+    except (OSError, RuntimeError, ValueError) as exc:  # reported by every process, not only this one
+        error = f"rank {rank}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    _agree(error)
     manifest = {"format": 1, "fastddpm_version": __version__, "run": run, "shards": [
         {"file": _shard_path(out, k).name, "start": k * shard_size, "stop": min(num, (k + 1) * shard_size)}
         for k in range(shards)]}
+    error = None
     if rank == 0:
-        missing = [s["file"] for s in manifest["shards"]
-                   if not _read_shard(out / s["file"], s["start"], s["stop"], run)]
-        if missing:
-            raise ShardError(f"{out}: shards missing after sampling: {', '.join(missing[:5])}")
-        with atomic_path(out / MANIFEST) as tmp:
-            tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    _barrier()
+        try:
+            missing = [s["file"] for s in manifest["shards"]
+                       if not _read_shard(out / s["file"], s["start"], s["stop"], run)]
+            if missing:
+                error = f"{out}: shards missing after sampling: {', '.join(missing[:5])}"
+            else:
+                with atomic_path(out / MANIFEST) as tmp:
+                    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        except (OSError, ShardError) as exc:
+            error = str(exc)
+    _agree(error)
     return manifest
 
 

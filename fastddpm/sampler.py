@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import operator
 import time
 from typing import Any, Callable, Sequence
@@ -33,6 +34,20 @@ BACKENDS = ("auto", "eager", "compile", "cudagraph")
 METHODS = ("ddpm", "ddim", "dpmsolver++")
 NOISE_SOURCES = ("torch", "philox")
 _MODEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _on_sampler_device(method):
+    """Run with the sampler's GPU current: Triton launches (the fused updates, the in-kernel noise) go to
+    the current device, which under torchrun need not be the model's."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if self.device.type != "cuda":
+            return method(self, *args, **kwargs)
+        with torch.cuda.device(self.device):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 @dataclasses.dataclass
@@ -94,7 +109,8 @@ class Sampler:
         if prediction_type != "epsilon" or not isinstance(model, (Unet, EpsModel)):
             # Any model: unwrap outputs (diffusers' .sample, tuples) and convert x̂_0 / v predictions to ε.
             model = model if isinstance(model, EpsModel) else EpsModel(model, prediction_type, diffusion)
-            model.to(self.device)
+        if isinstance(model, EpsModel):
+            model.to(self.device)  # its ᾱ tables go where the sampler runs
         self.model = model
         if backend == "auto":
             backend = "cudagraph" if self.device.type == "cuda" else "eager"
@@ -175,6 +191,7 @@ class Sampler:
 
     # -- the loop ------------------------------------------------------------------------------------
     @torch.no_grad()
+    @_on_sampler_device
     def sample(
         self,
         batch_size: int,
@@ -367,6 +384,8 @@ class _LoopGraph:
 
 
 _MAX_SEED = 2**63 - 1
+
+
 
 
 def _check_seed(seed, message: str) -> int:

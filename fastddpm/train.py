@@ -20,6 +20,8 @@ import functools
 import json
 import math
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -119,7 +121,8 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = Unet.from_config(config.model).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
-        self.diffusion = GaussianDiffusion.from_config(config.diffusion)
+        # Tables on the model's device (the gathers are exact: the same values on any device).
+        self.diffusion = GaussianDiffusion.from_config(config.diffusion, device=self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.step = 0
         self.batch = min(config.batch_size, self.data.shape[0])
@@ -130,6 +133,7 @@ class Trainer:
 
         self.rank, self.world_size = rank_and_world()
         self.ddp = None
+        self._interrupted, self._stop_votes = False, 0  # Ctrl-C, and how many processes saw one (DDP)
         if self.world_size > 1:
             if self.batch % self.world_size:
                 raise ValueError(f"batch size {self.batch} does not split evenly over {self.world_size} processes")
@@ -164,12 +168,14 @@ class Trainer:
         self.optimizer.step()
         self.step += 1
         self._update_ema()
-        if self.ddp is not None:  # report the global batch's loss
+        if self.ddp is not None:  # the global batch's loss, and whether any process was interrupted
             import torch.distributed as dist
 
-            loss = loss.detach().clone()
-            dist.all_reduce(loss)
-            loss /= self.world_size
+            packed = torch.stack([loss.detach().float().reshape(()),
+                                  torch.tensor(float(self._interrupted), device=loss.device)])
+            dist.all_reduce(packed)
+            self._stop_votes = int(packed[1].item())
+            loss = packed[0] / self.world_size
         value = loss.item()
         self.recent_losses = (self.recent_losses + [value])[-100:]
         return value
@@ -188,9 +194,19 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, desc="training", disable=not progress or self.rank != 0,
                    dynamic_ncols=True)
         running = None
+        # Ctrl-C only raises a flag; the loop stops at the next step boundary (a checkpoint written from
+        # the middle of a step would hold the next batch's random state with the previous weights), and
+        # under DDP every process learns of it through the step's loss all-reduce and stops at the same step.
+        self._interrupted = False
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, self._on_sigint)
         try:
             while self.step < cfg.steps:
                 loss = self.train_step()
+                if self._stop_requested():
+                    self.save()
+                    raise KeyboardInterrupt
                 running = loss if running is None else 0.98 * running + 0.02 * loss
                 bar.update(1)
                 bar.set_postfix(loss=f"{running:.4f}")
@@ -202,11 +218,21 @@ class Trainer:
                     self.save()
         finally:
             bar.close()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         self.save()
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self._interrupted:  # a second Ctrl-C: stop now, without saving
+            raise KeyboardInterrupt
+        self._interrupted = True
+
+    def _stop_requested(self) -> bool:
+        return self._stop_votes > 0 if self.ddp is not None else self._interrupted
 
     @torch.no_grad()
     def save_grid(self, path: Path) -> None:
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.config.seed)
             images = self.diffusion.sample(
                 self.ema,

@@ -83,6 +83,17 @@ def test_ddp_training_matches_one_process_and_resumes_at_another_world_size(tmp_
     assert weights and set(weights) == {k for k in ddp if k.startswith("model.")}
     flat = lambda d: torch.cat([d[k].float().flatten() for k in weights])  # noqa: E731
     assert_close(flat(ddp), flat(single), rtol=DDP_GRADIENT_AVERAGING)
+    # Adam's step is scale-free: its first moment is not, so it catches gradients summed, not averaged.
+    moments = sorted(k for k in single if k.endswith(".exp_avg"))
+    assert moments and moments == sorted(k for k in ddp if k.endswith(".exp_avg"))
+    first_moment = lambda d: torch.cat([d[k].flatten() for k in moments])  # noqa: E731
+    assert_close(first_moment(ddp), first_moment(single), rtol=DDP_GRADIENT_AVERAGING)
+    emas = [k for k in single if k.startswith("ema.")]
+    assert_close(torch.cat([ddp[k].float().flatten() for k in emas]),
+                 torch.cat([single[k].float().flatten() for k in emas]), rtol=DDP_GRADIENT_AVERAGING)
+    single_losses = read_checkpoint(tmp_path / "single" / "checkpoint.safetensors")[1]["training"]["recent_losses"]
+    # The reported loss is the global batch's (all-reduced), not one process's slice.
+    assert np.allclose(meta["training"]["recent_losses"], single_losses, rtol=1e-5)
 
     # Resume the DDP run in one process and the single run under torchrun: both continue alike.
     result = run(["train", "--resume", tmp_path / "ddp" / "checkpoint.safetensors", "--steps", 6, "--no-progress"])
@@ -93,3 +104,20 @@ def test_ddp_training_matches_one_process_and_resumes_at_another_world_size(tmp_
     single, _ = read_checkpoint(tmp_path / "single" / "checkpoint.safetensors")
     ddp, _ = read_checkpoint(tmp_path / "ddp" / "checkpoint.safetensors")
     assert_close(flat(ddp), flat(single), rtol=DDP_GRADIENT_AVERAGING)
+
+
+def test_shard_settings_round_trip_and_torchrun_needs_out_dir(small_unet, tmp_path, checkpoint):
+    from fastddpm import Sampler
+    from fastddpm.distributed import sample_shards
+
+    sampler = Sampler(small_unet, GaussianDiffusion(50), method="ddim", steps=2)
+    kwargs = dict(image_size=8, channels=1, shard_size=2, batch_size=2, progress=False, settings={"dims": (1, 2)})
+    first = sample_shards(sampler, 3, tmp_path / "run", **kwargs)
+    again = sample_shards(sampler, 3, tmp_path / "run", **kwargs)  # a tuple reads back as a list: same run
+    assert first == again
+    with pytest.raises(ValueError, match="must lie in"):
+        sample_shards(sampler, 3, tmp_path / "big", seed=2**63 - 2, **kwargs)
+    env = {**ENV, "WORLD_SIZE": "2"}  # as torchrun sets it, without --out-dir
+    result = subprocess.run([sys.executable, "-m", "fastddpm", "sample", "--checkpoint", str(checkpoint),
+                             "--out", str(tmp_path / "x.png")], capture_output=True, text=True, env=env, timeout=300)
+    assert_one_line_error(result, "pass --out-dir DIR")
