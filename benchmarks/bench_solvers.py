@@ -39,10 +39,11 @@ def main(argv=None) -> int:
 
     results = []
 
-    def ours(method, steps, spacing):
-        out = Sampler(mix, diffusion, method=method, steps=steps, spacing=spacing).sample(
+    def ours(method, steps, spacing, order=2):
+        out = Sampler(mix, diffusion, method=method, steps=steps, spacing=spacing, order=order).sample(
             n, (2, 2), 1, seed=1, noise="philox", progress=False, clip=False)
-        return f"fastddpm {method} ({spacing})", out
+        name = "dpmsolver++(3M)" if order == 3 else method
+        return f"fastddpm {name} ({spacing})", out
 
     def anchor(name, scheduler, steps):
         scheduler.set_timesteps(steps)
@@ -57,7 +58,8 @@ def main(argv=None) -> int:
         diffusers = None
         print("diffusers is not installed: the anchor rows are skipped (pip install 'fastddpm[compare]')")
     for steps in (10, 15, 20):
-        runs = [ours("dpmsolver++", steps, "logsnr-sqrt"), ours("dpmsolver++", steps, "logsnr"),
+        runs = [ours("dpmsolver++", steps, "logsnr-sqrt", 3), ours("dpmsolver++", steps, "logsnr", 3),
+                ours("dpmsolver++", steps, "logsnr-sqrt"), ours("dpmsolver++", steps, "logsnr"),
                 ours("ddim", steps, "logsnr-sqrt"), ours("ddim", steps, "logsnr"), ours("dpmsolver++", steps, "trailing")]
         if diffusers is not None:
             common = dict(num_train_timesteps=T, beta_schedule="linear", use_karras_sigmas=True)

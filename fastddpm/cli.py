@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--noise", choices=("torch", "philox"),
                         help="torch: the reference's random stream (default); philox: per-sample seeds (seed+i for "
                         "image i; always with --out-dir)")
+    sample.add_argument("--order", type=int, choices=(2, 3),
+                        help="DPM-Solver++'s order (default 2; 3 = DPM-Solver++(3M), torch backends only)")
     sample.add_argument("--out-dir", metavar="DIR",
                         help="sharded sampling for large runs: uint8 .npz shards and manifest.json in DIR; run under "
                         "torchrun to spread shards over processes (the same images for any number); a rerun "
@@ -300,7 +302,8 @@ def _sample_torch(args: argparse.Namespace, out: Path, device) -> None:
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision or "fp32"]
     try:
-        sampler = Sampler(model, diffusion, backend=args.backend, dtype=dtype, **_sampler_settings(args))
+        sampler = Sampler(model, diffusion, backend=args.backend, dtype=dtype, order=args.order or 2,
+                          **_sampler_settings(args))
     except (RuntimeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     if args.out_dir is not None:
@@ -310,6 +313,7 @@ def _sample_torch(args: argparse.Namespace, out: Path, device) -> None:
         # The model by its contents (a path can be spelled many ways, and a file can be retrained in place).
         source = Path(args.diffusers or args.checkpoint or bundled_model_path())
         settings = {"model_sha256": _content_hash(source), "precision": args.precision or "fp32",
+                    "order": args.order or 2,
                     "backend": sampler.backend, "device": device.type, **_sampler_settings(args)}
         try:
             manifest = sample_shards(sampler, args.num, args.out_dir, image_size=image_size, channels=channels,
@@ -382,6 +386,8 @@ def _sample_onnx(args: argparse.Namespace, out: Path) -> None:
             raise CLIError(f"{flag} does not apply to --backend onnxruntime: the ONNX export fixes it")
     if args.noise != "torch":
         raise CLIError("--noise philox is the torch backends' counter-based noise; ONNX Runtime draws numpy's")
+    if args.order not in (None, 2):
+        raise CLIError("--order 3 runs on the torch backends; the ONNX step graph is second order")
     try:
         import onnx  # noqa: F401  (fastddpm imports them lazily: check here, before any work)
         import onnxruntime  # noqa: F401

@@ -65,7 +65,7 @@ class Sampler:
 
     ``Sampler(model, diffusion, method="ddpm", steps=None, backend="auto", dtype=torch.float32)``:
     ``method`` "ddpm" (ancestral; all T steps run the reference's update, fewer steps respace the chain)
-    or "ddim" (``eta`` ≥ 0, default 0: deterministic) or "dpmsolver++" (multistep, order 2); ``steps`` visited timesteps (default T), placed by
+    or "ddim" (``eta`` ≥ 0, default 0: deterministic) or "dpmsolver++" (multistep, ``order`` 2 or 3); ``steps`` visited timesteps (default T), placed by
     ``spacing`` "leading" | "trailing" | "linspace" (diffusers' names) | "logsnr" (uniform in log-SNR);
     every chain ends at x_0.
     ``dtype`` is the precision the model runs in (bf16/fp16 through autocast); the sample state and the
@@ -93,9 +93,12 @@ class Sampler:
         compile_config: CompileConfig | None = None,
         device: torch.device | str | None = None,
         prediction_type: str = "epsilon",
+        order: int = 2,
     ):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+        if order != 2 and (method != "dpmsolver++" or order != 3):
+            raise ValueError(f"order {order}: 'dpmsolver++' takes order 2 (default) or 3; other methods have none")
         if eta is not None and method != "ddim":
             raise ValueError("eta applies to method='ddim' (the ancestral 'ddpm' step is η = 1)")
         if backend not in BACKENDS:
@@ -133,13 +136,18 @@ class Sampler:
         # on a respaced chain (DDIM with η = 1) — the linear update with float64-built coefficients.
         self.exact_ddpm = method == "ddpm" and self.num_steps == T
         self.multistep = method == "dpmsolver++"
+        self.order = order
+        self.third_order = None
         self.eta = 1.0 if method == "ddpm" else (0.0 if eta is None else float(eta))
         # Tables on the model's device, built once.
         if self.exact_ddpm:
             self.table = diffusion.ddpm_step_table().to(self.device)
             self._noisy_steps = [t > 0 for t in self.timestep_sequence]
         elif self.multistep:
-            self.table = dpmsolver_coefficients(abar64, self.timestep_sequence).to(self.device, torch.float32)
+            coefs = dpmsolver_coefficients(abar64, self.timestep_sequence, order=order).to(self.device, torch.float32)
+            self.table = coefs[:5].contiguous()  # what the fused update reads
+            # Order 3: the weight of the x̂_0 of two steps back, added to the fused update's result.
+            self.third_order = coefs[5].contiguous() if order == 3 else None
             self._noisy_steps = [False] * self.num_steps  # an ODE solver: no noise after x_T
         else:
             coefs = ddim_coefficients(abar64, self.timestep_sequence, self.eta)
@@ -155,15 +163,20 @@ class Sampler:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def _step(self, x, t, k, noise, seeds):
+    def _step(self, x, t, k, noise, seeds, history2=None):
         """One step: ε̂ = model(x, t), then the fused update (k indexes the step's coefficients). For the
-        multistep solver ``noise`` carries the previous x̂_0 and the step returns (x_next, x̂_0)."""
+        multistep solver ``noise`` carries the previous x̂_0 (and ``history2`` the one before it, order 3)
+        and the step returns (x_next, x̂_0)."""
         from .kernels import ddpm_step, linear_step, multistep_update
 
         with self._autocast():
             eps = self.model(x, t)
         if self.multistep:
-            return multistep_update(x, eps, noise, k, self.table, impl=self.kernels)
+            x_next, x0 = multistep_update(x, eps, noise, k, self.table, impl=self.kernels)
+            if self.third_order is not None:
+                weight = self.third_order[k].reshape((k.shape[0],) + (1,) * (x.ndim - 1))
+                x_next = torch.addcmul(x_next, weight, history2)
+            return x_next, x0
         if self.exact_ddpm:
             return ddpm_step(x, eps, t, self.table, noise=noise, seeds=seeds, impl=self.kernels)
         return linear_step(x, eps, k, self.table, t, noise=noise, seeds=seeds, impl=self.kernels)
@@ -293,6 +306,7 @@ class Sampler:
         T = self.num_steps
         # The per-step noise buffer, allocated once; for the multistep solver, the previous x̂_0 instead.
         z = torch.zeros_like(x) if (seeds is None or self.multistep) else None
+        z2 = torch.zeros_like(x) if self.third_order is not None else None  # the x̂_0 of two steps back
         for k in tqdm(range(T), desc=f"sampling ({self.backend})", disable=not progress, leave=False):
             t = timesteps[k]
             if z is not None and not self.multistep:
@@ -301,8 +315,12 @@ class Sampler:
                 z.normal_(generator=generator) if self._noisy_steps[k] else z.zero_()
             timing_warmup = k == 0 and self.backend == "compile"
             warm = time.perf_counter() if timing_warmup else 0.0
-            out = step(x, t, indices[k], z, seeds)
-            x, z = out if self.multistep else (out, z)
+            out = step(x, t, indices[k], z, seeds, z2)
+            if self.multistep:
+                z2 = z if z2 is not None else None
+                x, z = out
+            else:
+                x = out
             if timing_warmup:
                 _synchronize(x.device)
                 self.stats.warmup_seconds = time.perf_counter() - warm  # compile, or a cache lookup
@@ -345,10 +363,13 @@ class _LoopGraph:
         def loop():
             state = self.x
             x0_prev = torch.zeros_like(state) if sampler.multistep else None
+            x0_prev2 = torch.zeros_like(state) if sampler.third_order is not None else None
             for k in range(T):
                 t = self.timesteps[k]
                 if sampler.multistep:  # the multistep solver carries x̂_0 instead of drawing noise
-                    state, x0_prev = sampler._step(state, t, self.indices[k], x0_prev, None)
+                    state, x0 = sampler._step(state, t, self.indices[k], x0_prev, None, x0_prev2)
+                    x0_prev2 = x0_prev if x0_prev2 is not None else None
+                    x0_prev = x0
                 else:
                     z = None
                     if self.seeds is None:

@@ -83,14 +83,23 @@ def ddim_coefficients(alphas_cumprod: torch.Tensor, timesteps: list[int], eta: f
     return torch.tensor(rows, dtype=torch.float64).T.contiguous()
 
 
-def dpmsolver_coefficients(alphas_cumprod: torch.Tensor, timesteps: list[int]) -> torch.Tensor:
+def dpmsolver_coefficients(alphas_cumprod: torch.Tensor, timesteps: list[int], order: int = 2) -> torch.Tensor:
     """float64 (5, S): rows A, B, E, F, G of DPM-Solver++(2M) (Lu et al. 2022, data prediction).
 
     With α = √ᾱ, σ = √(1−ᾱ), λ = log(α/σ), h = λ_next − λ_s and φ = e^{−h} − 1, one step from s is
     x̂_0 = F·x + G·ε (F = 1/α_s, G = −σ_s/α_s) and x_next = (σ_next/σ_s)·x − α_next·φ·D, where D = x̂_0 for
     the first step and the last (which lands on x_0, σ = 0), and otherwise the second-order
     D = (1 + 1/(2r))·x̂_0 − x̂_0,prev/(2r) with r = h_prev/h. Expanded: x_next = A·x + B·ε + E·x̂_0,prev.
+
+    ``order=3`` (DPM-Solver++(3M)) returns (6, S): a sixth row H for the x̂_0 of two steps back,
+    x_next = A·x + B·ε + E·x̂_0,prev + H·x̂_0,prev2. Steps follow diffusers' DPMSolverMultistepScheduler
+    (solver_order=3, lower_order_final, final σ = 0): first order at the first and the last step, second
+    order at the second step (and at the second-to-last when S < 15), third order elsewhere, with
+    x_next = (σ_next/σ_s)·x − α_next·φ·D0 + α_next·(φ/h + 1)·D1 − α_next·((φ + h)/h² − 1/2)·D2 from the
+    divided differences of the last three x̂_0 (Lu et al. 2022, the 3M update).
     """
+    if order not in (2, 3):
+        raise ValueError(f"DPM-Solver++ order must be 2 or 3, got {order}")
     abar = alphas_cumprod.detach().to("cpu", torch.float64)
     alpha = [math.sqrt(float(abar[t])) for t in timesteps]
     sigma = [math.sqrt(1 - float(abar[t])) for t in timesteps]
@@ -105,10 +114,19 @@ def dpmsolver_coefficients(alphas_cumprod: torch.Tensor, timesteps: list[int]) -
             ratio, a_next = sigma[i + 1] / sigma[i], alpha[i + 1]
         else:  # the last step lands on x_0: σ = 0, α = 1, e^{−h} = 0
             h, phi, ratio, a_next = math.inf, -1.0, 0.0, 1.0
+        c_prev2 = 0.0
         if i == 0 or i == S - 1:
             c_x0, c_prev = -a_next * phi, 0.0
-        else:
+        elif order == 2 or i == 1 or (i == S - 2 and S < 15):
             r = (lam[i] - lam[i - 1]) / h
             c_x0, c_prev = -a_next * phi * (1 + 1 / (2 * r)), a_next * phi / (2 * r)
-        rows.append((ratio + c_x0 * f, c_x0 * g, c_prev, f, g))
+        else:  # third order: D1_0 = (m0 − m1)/r0, D1_1 = (m1 − m2)/r1, then D1 and D2 from them
+            r0, r1 = (lam[i] - lam[i - 1]) / h, (lam[i - 1] - lam[i - 2]) / h
+            c1 = a_next * (phi / h + 1)
+            c2 = -a_next * ((phi + h) / h**2 - 0.5)
+            k0 = c1 * (1 + r0 / (r0 + r1)) + c2 / (r0 + r1)  # the weight of D1_0 in c1·D1 + c2·D2
+            k1 = -c1 * r0 / (r0 + r1) - c2 / (r0 + r1)  # the weight of D1_1
+            c_x0, c_prev, c_prev2 = -a_next * phi + k0 / r0, -k0 / r0 + k1 / r1, -k1 / r1
+        row = (ratio + c_x0 * f, c_x0 * g, c_prev, f, g)
+        rows.append(row + (c_prev2,) if order == 3 else row)
     return torch.tensor(rows, dtype=torch.float64).T.contiguous()

@@ -14,6 +14,10 @@ T = 1000
 # diffusers computes its tables in float32; ours are built in float64 from the same float32 betas, so the
 # two differ by float32 rounding of ᾱ (up to ~1e-6 relative), carried through 20 steps.
 AGREEMENT = 1e-5  # measured 1.0e-6 (DDIM) and 1.2e-6 (DPM-Solver++) over 20 steps
+# fastddpm.Sampler itself (float32 state, float32 coefficient tables) against diffusers (float32): both sides
+# round, and the first steps near t = T−1 multiply ε̂'s rounding by σ/α ≈ 158. Measured over 10 third-order
+# steps: 1.1e-5 (trailing spacing, whose first step is t = 999).
+SAMPLER_AGREEMENT = 5e-5
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +32,13 @@ def setting():
 
 def run_ours(mix, coefs, seq, x, multistep=False):
     x = x.double()
-    x0_prev = torch.zeros_like(x)
+    x0_prev = x0_prev2 = torch.zeros_like(x)
     for k, t in enumerate(seq):
         eps = mix(x, torch.full((x.shape[0],), t)).double()
         if multistep:
-            A, B, E, F, G = coefs[:, k]
-            x, x0_prev = A * x + B * eps + E * x0_prev, F * x + G * eps
+            A, B, E, F, G = coefs[:5, k]
+            H = coefs[5, k] if coefs.shape[0] == 6 else 0.0
+            x, x0_prev, x0_prev2 = A * x + B * eps + E * x0_prev + H * x0_prev2, F * x + G * eps, x0_prev
         else:
             A, B, _ = coefs[:, k]
             x = A * x + B * eps
@@ -75,3 +80,34 @@ def test_dpmsolver_trajectory_matches_diffusers(setting):
     expected = run_diffusers(mix, scheduler, x_T.clone())
     got = run_ours(mix, dpmsolver_coefficients(abar, seq), seq, x_T, multistep=True)
     assert_close(got, expected, rtol=AGREEMENT)
+
+
+@pytest.mark.parametrize("steps", [10, 20])  # < 15: second order at the second-to-last step too
+def test_dpmsolver_third_order_matches_diffusers(setting, steps):
+    mix, abar, x_T = setting
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=T, beta_schedule="linear", algorithm_type="dpmsolver++", solver_order=3,
+        final_sigmas_type="zero", lower_order_final=True)
+    scheduler.set_timesteps(steps)
+    seq = scheduler.timesteps.tolist()
+    expected = run_diffusers(mix, scheduler, x_T.clone())
+    coefs = dpmsolver_coefficients(abar, seq, order=3)
+    assert coefs.shape == (6, steps) and (coefs[5] != 0).sum() == steps - (3 if steps < 15 else 2) - 1
+    assert_close(run_ours(mix, coefs, seq, x_T, multistep=True), expected, rtol=AGREEMENT)
+
+
+@pytest.mark.parametrize("spacing", ["logsnr", "trailing"])
+def test_sampler_third_order_matches_diffusers(setting, spacing):
+    """fastddpm.Sampler(order=3), float32 and fused, against diffusers' 3M on the same steps and x_T."""
+    from fastddpm import Sampler
+
+    mix, _, _ = setting
+    sampler = Sampler(mix, GaussianDiffusion(T), method="dpmsolver++", steps=10, spacing=spacing, order=3)
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=T, beta_schedule="linear", algorithm_type="dpmsolver++", solver_order=3,
+        final_sigmas_type="zero", lower_order_final=True)
+    scheduler.set_timesteps(timesteps=sampler.timestep_sequence)
+    x_T, _ = sampler.torch_noise((64, 1, 2, 2), seed=5)
+    expected = run_diffusers(mix, scheduler, x_T.clone())
+    got = sampler.sample(64, (2, 2), 1, seed=5, progress=False, clip=False)
+    assert_close(got, expected, rtol=SAMPLER_AGREEMENT)

@@ -237,12 +237,13 @@ def test_cudagraph_matches_eager_on_cuda(noise):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("method,steps", [("ddim", 20), ("dpmsolver++", 20), ("ddpm", 25)])
-def test_few_step_methods_on_cudagraph_match_eager(method, steps):
+@pytest.mark.parametrize("method,steps,order", [("ddim", 20, 2), ("dpmsolver++", 20, 2), ("dpmsolver++", 20, 3),
+                                                ("ddpm", 25, 2)])
+def test_few_step_methods_on_cudagraph_match_eager(method, steps, order):
     torch.manual_seed(0)
     model = Unet(dim=16, channels=1, dim_mults=(1, 2)).cuda().eval()
     diffusion = GaussianDiffusion(200)
-    kwargs = dict(method=method, steps=steps, spacing="logsnr")
+    kwargs = dict(method=method, steps=steps, spacing="logsnr", order=order)
     a = Sampler(model, diffusion, backend="eager", **kwargs).sample(4, 16, 1, seed=5, noise="philox", progress=False)
     b = Sampler(model, diffusion, backend="cudagraph", **kwargs).sample(4, 16, 1, seed=5, noise="philox", progress=False)
     assert_close(b, a, rtol=1e-5)
