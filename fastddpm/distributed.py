@@ -86,13 +86,6 @@ def _agree(error: str | None) -> None:
         raise ShardError(failed[0])
 
 
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def _shard_path(out_dir: Path, k: int) -> Path:
     return out_dir / f"shard-{k:06d}.npz"
 

@@ -417,7 +417,7 @@ def _index_initializers(prefix: str):
     return [numpy_helper.from_array(np.array(i, dtype=np.int64), f"{prefix}index{i}") for i in range(5)]
 
 
-def _float_image(name: str, dims=("batch", "channels", "height", "width")):
+def _float_image(name: str, dims: tuple):
     from onnx import TensorProto, helper
 
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(dims))

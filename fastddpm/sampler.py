@@ -407,8 +407,6 @@ class _LoopGraph:
 _MAX_SEED = 2**63 - 1
 
 
-
-
 def _check_seed(seed, message: str) -> int:
     try:
         value = operator.index(seed)  # int, numpy integers; not floats or sequences
