@@ -137,7 +137,7 @@ class Sampler:
         self.exact_ddpm = method == "ddpm" and self.num_steps == T
         self.multistep = method == "dpmsolver++"
         self.order = order
-        self.third_order = None
+        self.third_order = False
         self.eta = 1.0 if method == "ddpm" else (0.0 if eta is None else float(eta))
         # Tables on the model's device, built once.
         if self.exact_ddpm:
@@ -145,9 +145,10 @@ class Sampler:
             self._noisy_steps = [t > 0 for t in self.timestep_sequence]
         elif self.multistep:
             coefs = dpmsolver_coefficients(abar64, self.timestep_sequence, order=order).to(self.device, torch.float32)
-            self.table = coefs[:5].contiguous()  # what the fused update reads
-            # Order 3: the weight of the x̂_0 of two steps back, added to the fused update's result.
-            self.third_order = coefs[5].contiguous() if order == 3 else None
+            # What the fused update reads: rows A, B, E, F, G, and at order 3 row D, the weight of the x̂_0
+            # of two steps back.
+            self.table = coefs.contiguous()
+            self.third_order = order == 3
             self._noisy_steps = [False] * self.num_steps  # an ODE solver: no noise after x_T
         else:
             coefs = ddim_coefficients(abar64, self.timestep_sequence, self.eta)
@@ -172,11 +173,7 @@ class Sampler:
         with self._autocast():
             eps = self.model(x, t)
         if self.multistep:
-            x_next, x0 = multistep_update(x, eps, noise, k, self.table, impl=self.kernels)
-            if self.third_order is not None:
-                weight = self.third_order[k].reshape((k.shape[0],) + (1,) * (x.ndim - 1))
-                x_next = torch.addcmul(x_next, weight, history2)
-            return x_next, x0
+            return multistep_update(x, eps, noise, k, self.table, history2, impl=self.kernels)
         if self.exact_ddpm:
             return ddpm_step(x, eps, t, self.table, noise=noise, seeds=seeds, impl=self.kernels)
         return linear_step(x, eps, k, self.table, t, noise=noise, seeds=seeds, impl=self.kernels)
@@ -306,7 +303,7 @@ class Sampler:
         T = self.num_steps
         # The per-step noise buffer, allocated once; for the multistep solver, the previous x̂_0 instead.
         z = torch.zeros_like(x) if (seeds is None or self.multistep) else None
-        z2 = torch.zeros_like(x) if self.third_order is not None else None  # the x̂_0 of two steps back
+        z2 = torch.zeros_like(x) if self.third_order else None  # the x̂_0 of two steps back
         for k in tqdm(range(T), desc=f"sampling ({self.backend})", disable=not progress, leave=False):
             t = timesteps[k]
             if z is not None and not self.multistep:
@@ -363,7 +360,7 @@ class _LoopGraph:
         def loop():
             state = self.x
             x0_prev = torch.zeros_like(state) if sampler.multistep else None
-            x0_prev2 = torch.zeros_like(state) if sampler.third_order is not None else None
+            x0_prev2 = torch.zeros_like(state) if sampler.third_order else None
             for k in range(T):
                 t = self.timesteps[k]
                 if sampler.multistep:  # the multistep solver carries x̂_0 instead of drawing noise

@@ -69,13 +69,15 @@ def builds() -> list[KernelBuild]:
                  "NOISE_FROM_SEEDS": "constexpr", "BLOCK": "constexpr"},
                 {"NOISE_FROM_SEEDS": from_seeds, "BLOCK": LINEAR_BLOCK},
                 ("out_ptr", "x_ptr", "eps_ptr", "noise_ptr", "numel_per_sample"), True))
-        out.append(KernelBuild(
-            f"multistep_update[{dt}]", _multistep_update_kernel,
-            {"out_ptr": "*fp32", "x0_out_ptr": "*fp32", "x_ptr": "*fp32", "eps_ptr": _TT[dt], "x0_prev_ptr": "*fp32",
-             "k_ptr": "*i64", "coefs_ptr": "*fp32", "numel_per_sample": "i32", "num_steps": "i32",
-             "BLOCK": "constexpr"},
-            {"BLOCK": MULTISTEP_BLOCK},
-            ("out_ptr", "x0_out_ptr", "x_ptr", "eps_ptr", "x0_prev_ptr", "numel_per_sample"), True))
+        for order in (2, 3):
+            out.append(KernelBuild(
+                f"multistep_update[{dt},order={order}]", _multistep_update_kernel,
+                {"out_ptr": "*fp32", "x0_out_ptr": "*fp32", "x_ptr": "*fp32", "eps_ptr": _TT[dt],
+                 "x0_prev_ptr": "*fp32", "x0_prev2_ptr": "*fp32", "k_ptr": "*i64", "coefs_ptr": "*fp32",
+                 "numel_per_sample": "i32", "num_steps": "i32", "THIRD_ORDER": "constexpr", "BLOCK": "constexpr"},
+                {"THIRD_ORDER": order == 3, "BLOCK": MULTISTEP_BLOCK},
+                ("out_ptr", "x0_out_ptr", "x_ptr", "eps_ptr", "x0_prev_ptr", "x0_prev2_ptr", "numel_per_sample"),
+                True))
     out.append(KernelBuild(
         "randn_philox", _randn_philox_kernel,
         {"out_ptr": "*fp32", "seeds_ptr": "*i64", "steps_ptr": "*i64", "numel_per_sample": "i32", "BLOCK": "constexpr"},

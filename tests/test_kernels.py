@@ -143,25 +143,33 @@ def test_linear_step_kernel_matches_twin(diffusion, dtype, shape, noise_source):
     assert_close(out, expected, rtol=tolerance_for(noise_source))
 
 
+@pytest.mark.parametrize("order", [2, 3])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_multistep_update_kernel_matches_twin(diffusion, dtype, shape):
+def test_multistep_update_kernel_matches_twin(diffusion, dtype, shape, order):
     from fastddpm.kernels.multistep_update import fused as ms_fused
     from fastddpm.kernels.multistep_update import naive as ms_naive
     from fastddpm.schedules import dpmsolver_coefficients, timestep_sequence
 
     seq = timestep_sequence(T, 10, "trailing")
-    coefs = dpmsolver_coefficients(torch.cumprod(1 - diffusion.betas.double().cpu(), 0), seq).float().to(DEVICE)
+    abar = torch.cumprod(1 - diffusion.betas.double().cpu(), 0)
+    coefs = dpmsolver_coefficients(abar, seq, order=order).float().to(DEVICE)
+    assert coefs.shape[0] == order + 3 and (order == 2 or coefs[5].abs().max() > 0)  # row D is live at order 3
     g = torch.Generator(device=DEVICE).manual_seed(3)
-    x, x0_prev = (torch.randn(shape, generator=g, device=DEVICE) for _ in range(2))
+    x, x0_prev, x0_prev2 = (torch.randn(shape, generator=g, device=DEVICE) for _ in range(3))
+    x0_prev2 = x0_prev2 if order == 3 else None
     eps = torch.randn(shape, generator=g, device=DEVICE).to(dtype)
-    k = torch.arange(shape[0], device=DEVICE) % coefs.shape[1]
+    # Step indices from 2 on: the first sample takes a step whose third-order weight is live.
+    k = (torch.arange(shape[0], device=DEVICE) + 2) % coefs.shape[1]
     out, x0 = poisoned_like(x), poisoned_like(x)
-    ms_fused.multistep_update_triton(x, eps, x0_prev, k, coefs, out=out, x0_out=x0)
+    ms_fused.multistep_update_triton(x, eps, x0_prev, k, coefs, x0_prev2, out=out, x0_out=x0)
     assert not out.isnan().any() and not x0.isnan().any()
-    expected_out, expected_x0 = ms_naive.multistep_update(x, eps, x0_prev, k, coefs)
+    expected_out, expected_x0 = ms_naive.multistep_update(x, eps, x0_prev, k, coefs, x0_prev2)
     assert_close(out, expected_out, torch.float32)
     assert_close(x0, expected_x0, torch.float32)
+    if order == 3:  # the third-order term is really applied: dropping it changes the result
+        second, _ = ms_naive.multistep_update(x, eps, x0_prev, k, coefs[:5])
+        assert coefs[5, k[0]] != 0 and not torch.allclose(out[0], second[0])
 
 
 def tolerance_for(noise_source):
@@ -316,7 +324,8 @@ def test_kernel_ops_registered_for_torch_compile(diffusion):
     torch.library.opcheck(ops.q_sample, (x, t, x, table[0], table[1], "torch"))
     torch.library.opcheck(ops.linear_attention, (torch.randn(1, 24, 3, 3), 2, 0.5, "torch"))
     torch.library.opcheck(ops.linear_step, (x, x, t, table[:3].contiguous(), t, x, None, "torch"))
-    torch.library.opcheck(ops.multistep_update, (x, x, x, t, torch.cat([table, table[:1]]), "torch"))
+    torch.library.opcheck(ops.multistep_update, (x, x, x, t, torch.cat([table, table[:1]]), None, "torch"))
+    torch.library.opcheck(ops.multistep_update, (x, x, x, t, torch.cat([table, table[:2]]), x, "torch"))
     torch.library.opcheck(ops.randn_philox, (torch.tensor([1, 2]), torch.tensor([3, 3]), [1, 4, 4], "torch"))
 
     def step(x, eps, t, z):
