@@ -490,6 +490,26 @@ def _cmd_train(args: argparse.Namespace) -> None:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+            global _SKIP_TEARDOWN
+            _SKIP_TEARDOWN = True
+
+
+# Set once a torchrun worker has trained under DistributedDataParallel. DDP keeps the process group alive
+# past destroy_process_group (measured on torch 2.14: its gloo threads pt_gloo_runloop ×2 and gloo_tcp_loop
+# still run after it, with no DDP object left; pytorch/pytorch#107298), and those threads meeting the
+# interpreter's teardown aborted a worker once in CI ("terminate called without an active exception",
+# SIGABRT after the run had finished). Such a process ends with os._exit once its files are written.
+_SKIP_TEARDOWN = False
+
+
+def run() -> None:
+    """The process entry point (the ``fastddpm`` console script, ``python -m fastddpm``): ``main()``, then exit."""
+    code = main()
+    if _SKIP_TEARDOWN:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _train(args: argparse.Namespace, device) -> None:

@@ -19,7 +19,8 @@ from test_cli import assert_one_line_error
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "fastddpm", "--"]
 # Bit-identical results need the same arithmetic in every process: torchrun gives each process one thread
 # (OMP_NUM_THREADS=1), and the single-process runs here use one too (a convolution's sums are split by thread).
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+# PYTHONFAULTHANDLER: should a worker ever abort again, its Python stacks (every thread) reach the report.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
 
 
 def run(args, torchrun=False):

@@ -32,7 +32,7 @@ def test_every_package_folder_is_listed_for_installation():
 
 def test_console_script_declared():
     scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
-    assert scripts.get("fastddpm") == "fastddpm.cli:main"
+    assert scripts.get("fastddpm") == "fastddpm.cli:run"
 
 
 def test_public_api():
