@@ -13,6 +13,7 @@ from .diffusion import (
 )
 from .checkpoint import CheckpointError, load, save
 from .sampler import Sampler
+from .timestep_fit import FittedTimesteps, fit_timesteps
 # onnx and onnxruntime (the "onnx" extra) are imported only when these are called.
 from .onnx_export import OnnxModelError, export_onnx, export_onnx_sampler
 from .ort_sampler import OrtSampler
@@ -23,6 +24,8 @@ __all__ = [
     "Unet",
     "UnetConfig",
     "Sampler",
+    "fit_timesteps",
+    "FittedTimesteps",
     "OrtSampler",
     "export_onnx",
     "export_onnx_sampler",

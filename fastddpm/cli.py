@@ -65,10 +65,56 @@ def _add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eta", type=float, help="DDIM's η (default 0: deterministic); ddim only")
     parser.add_argument("--spacing", choices=("leading", "trailing", "linspace", "logsnr", "logsnr-sqrt"),
                         help="where the --steps timesteps fall (default logsnr: even in log-SNR, best for few steps)")
+    parser.add_argument("--timesteps", metavar="FIT.json",
+                        help="timesteps fitted to the model by 'fastddpm fit-timesteps' (sets the method, order "
+                        "and steps)")
+
+
+def _read_fit(args: argparse.Namespace):
+    """The fit named by --timesteps (cached on args), after checking the flags it sets agree with it."""
+    if args.timesteps is None:
+        return None
+    fit = getattr(args, "_fit", None)
+    if fit is None:
+        from .timestep_fit import FittedTimesteps
+
+        try:
+            fit = FittedTimesteps.from_json(Path(args.timesteps).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:
+            raise CLIError(f"--timesteps {args.timesteps}: {_one_line(exc)}") from None
+        given = {"--method": (args.method, fit.method), "--steps": (args.steps, len(fit.timesteps)),
+                 "--order": (getattr(args, "order", None), fit.order if fit.method == "dpmsolver++" else None)}
+        for flag, (value, fitted) in given.items():
+            if value is not None and value != fitted:
+                raise CLIError(f"{flag} {value} does not match --timesteps {args.timesteps} (fitted for {fitted})")
+        if args.spacing is not None or args.eta not in (None, 0.0):
+            raise CLIError("--timesteps places the steps itself: drop --spacing/--eta")
+        args._fit = fit
+    return fit
 
 
 def _sampler_settings(args: argparse.Namespace) -> dict:
+    fit = _read_fit(args)
+    if fit is not None:
+        return dict(method=fit.method, steps=None, eta=None, spacing=list(fit.timesteps))
     return dict(method=args.method or "ddpm", steps=args.steps, eta=args.eta, spacing=args.spacing or "logsnr")
+
+
+def _sampler_order(args: argparse.Namespace) -> int:
+    fit = _read_fit(args)
+    return fit.order if fit is not None and fit.method == "dpmsolver++" else (getattr(args, "order", None) or 2)
+
+
+def _check_fit_matches(args: argparse.Namespace, diffusion) -> None:
+    fit = _read_fit(args)
+    if fit is not None and fit.num_train_steps != diffusion.num_timesteps:
+        raise CLIError(f"--timesteps {args.timesteps} was fitted for a model of {fit.num_train_steps} timesteps; "
+                       f"this one has {diffusion.num_timesteps}")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,6 +179,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help="export the whole sampler (--method, --steps, --spacing, --eta) as one ONNX Loop")
     _add_sampler_arguments(export)
     export.set_defaults(func=_cmd_export)
+
+    fit = sub.add_parser(
+        "fit-timesteps",
+        help="fit a few-step solver's timesteps to a model (for sample/export --timesteps)",
+        description="Place a deterministic few-step solver's timesteps where the model needs them: starting "
+        "from the best named spacing, a search moves one timestep at a time and keeps a move when the solve "
+        "lands closer to a many-step solve of the same model from the same noise. Writes a JSON file.",
+    )
+    fit.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the bundled digits model)")
+    fit.add_argument("--steps", type=_positive_int, required=True, help="the solver's step count (model evaluations)")
+    fit.add_argument("--method", choices=("ddim", "dpmsolver++"), default="dpmsolver++",
+                     help="the solver to fit for (default dpmsolver++)")
+    fit.add_argument("--order", type=int, choices=(2, 3), default=2, help="DPM-Solver++'s order (default 2)")
+    fit.add_argument("--batch-size", type=_positive_int, default=64,
+                     help="noise draws every candidate is judged on (default 64)")
+    fit.add_argument("--teacher-steps", type=_positive_int, default=100,
+                     help="steps of the DPM-Solver++(2M) solve the fit approaches (default 100)")
+    fit.add_argument("--seed", type=_seed, default=0, help="first per-sample seed of the fit batch (default 0)")
+    fit.add_argument("--image-size", type=_positive_int, help="sample size (default: the training size)")
+    fit.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    fit.add_argument("--out", required=True, help="output .json file")
+    fit.add_argument("--no-progress", action="store_true", help="print nothing while fitting")
+    fit.set_defaults(func=_cmd_fit_timesteps)
 
     bench = sub.add_parser(
         "bench",
@@ -302,7 +371,8 @@ def _sample_torch(args: argparse.Namespace, out: Path, device) -> None:
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision or "fp32"]
     try:
-        sampler = Sampler(model, diffusion, backend=args.backend, dtype=dtype, order=args.order or 2,
+        _check_fit_matches(args, diffusion)
+        sampler = Sampler(model, diffusion, backend=args.backend, dtype=dtype, order=_sampler_order(args),
                           **_sampler_settings(args))
     except (RuntimeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
@@ -313,7 +383,7 @@ def _sample_torch(args: argparse.Namespace, out: Path, device) -> None:
         # The model by its contents (a path can be spelled many ways, and a file can be retrained in place).
         source = Path(args.diffusers or args.checkpoint or bundled_model_path())
         settings = {"model_sha256": _content_hash(source), "precision": args.precision or "fp32",
-                    "order": args.order or 2,
+                    "order": _sampler_order(args),
                     "backend": sampler.backend, "device": device.type, **_sampler_settings(args)}
         try:
             manifest = sample_shards(sampler, args.num, args.out_dir, image_size=image_size, channels=channels,
@@ -386,7 +456,7 @@ def _sample_onnx(args: argparse.Namespace, out: Path) -> None:
             raise CLIError(f"{flag} does not apply to --backend onnxruntime: the ONNX export fixes it")
     if args.noise != "torch":
         raise CLIError("--noise philox is the torch backends' counter-based noise; ONNX Runtime draws numpy's")
-    if args.order not in (None, 2):
+    if _sampler_order(args) != 2:
         raise CLIError("--order 3 runs on the torch backends; the ONNX step graph is second order")
     try:
         import onnx  # noqa: F401  (fastddpm imports them lazily: check here, before any work)
@@ -423,16 +493,33 @@ def _sample_onnx(args: argparse.Namespace, out: Path) -> None:
     _write_samples(torch.cat(batches), out, image_size, sampler.channels, args.num)
 
 
+def _out_file(name: str, suffix: str) -> Path:
+    out = Path(name)
+    if out.suffix.lower() != suffix:
+        raise CLIError(f"--out must end in {suffix}, got {name!r}")
+    if not out.parent.exists():
+        raise CLIError(f"--out folder {str(out.parent)!r} does not exist")
+    return out
+
+
+def _image_size(args: argparse.Namespace, loaded) -> int:
+    image_size = args.image_size or loaded.image_size
+    if image_size is None:
+        raise CLIError("the checkpoint does not record its image size; pass --image-size")
+    if image_size % loaded.model.size_divisor:
+        raise CLIError(f"--image-size {image_size} is not divisible by {loaded.model.size_divisor} (this model's dim_mults)")
+    return image_size
+
+
 def _cmd_export(args: argparse.Namespace) -> None:
     from .checkpoint import load_checkpoint
 
-    out = Path(args.out)
-    if out.suffix.lower() != ".onnx":
-        raise CLIError(f"--out must end in .onnx, got {args.out!r}")
-    if not out.parent.exists():
-        raise CLIError(f"--out folder {str(out.parent)!r} does not exist")
-    if not args.sampler and any(v is not None for v in (args.method, args.steps, args.eta, args.spacing)):
-        raise CLIError("--method/--steps/--eta/--spacing choose the sampler of an --sampler export")
+    out = _out_file(args.out, ".onnx")
+    if not args.sampler and any(v is not None for v in (args.method, args.steps, args.eta, args.spacing,
+                                                        args.timesteps)):
+        raise CLIError("--method/--steps/--eta/--spacing/--timesteps choose the sampler of an --sampler export")
+    if _sampler_order(args) != 2:
+        raise CLIError("a --timesteps fit for order 3 runs on the torch backends; the ONNX step graph is second order")
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401  (torch.onnx.export(dynamo=True) needs it)
@@ -441,11 +528,8 @@ def _cmd_export(args: argparse.Namespace) -> None:
     except ImportError:
         raise CLIError(_NEEDS_ONNX) from None
     loaded = load_checkpoint(args.checkpoint)
-    image_size = args.image_size or loaded.image_size
-    if image_size is None:
-        raise CLIError("the checkpoint does not record its image size; pass --image-size")
-    if image_size % loaded.model.size_divisor:
-        raise CLIError(f"--image-size {image_size} is not divisible by {loaded.model.size_divisor} (this model's dim_mults)")
+    _check_fit_matches(args, loaded.diffusion)
+    image_size = _image_size(args, loaded)
     common = dict(diffusion=loaded.diffusion, image_size=image_size, precision=args.precision,
                   dynamic_size=not args.static_size)
     try:
@@ -457,6 +541,34 @@ def _cmd_export(args: argparse.Namespace) -> None:
         raise CLIError(str(exc).strip().splitlines()[0]) from None
     what = "sampler" if args.sampler else "ε-model"
     print(f"wrote the {what} ({args.precision}, {image_size}x{image_size}) to {out}")
+
+
+def _cmd_fit_timesteps(args: argparse.Namespace) -> None:
+    from .checkpoint import load_checkpoint
+    from .fileio import atomic_path
+    from .timestep_fit import fit_timesteps
+
+    out = _out_file(args.out, ".json")
+    if args.method != "dpmsolver++" and args.order != 2:
+        raise CLIError("--order applies to --method dpmsolver++")
+    device = _device(args.device)
+    loaded = load_checkpoint(args.checkpoint, device=device)
+    image_size = _image_size(args, loaded)
+    try:
+        fit = fit_timesteps(loaded.model, loaded.diffusion, args.steps, image_size=image_size,
+                            channels=loaded.model.config.channels, method=args.method, order=args.order,
+                            batch_size=args.batch_size, teacher_steps=args.teacher_steps, seed=args.seed,
+                            progress=not args.no_progress)
+    except ValueError as exc:
+        raise CLIError(_one_line(exc)) from None
+    try:
+        with atomic_path(out) as tmp:
+            tmp.write_text(fit.to_json() + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise CLIError(f"cannot write {out}: {_one_line(exc)}") from None
+    print(f"timesteps {list(fit.timesteps)} (from {fit.start}): distance to the {fit.teacher_steps}-step solve "
+          f"{fit.start_error:.4g} -> {fit.error:.4g}, held out {fit.heldout_start_error:.4g} -> {fit.heldout_error:.4g}; "
+          f"wrote {out}")
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:

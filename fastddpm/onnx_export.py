@@ -32,7 +32,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -75,7 +75,7 @@ class StepPlan:
     (S, 5), whether the step draws fresh noise, and whether ``aux`` carries the previous x̂_0 instead."""
 
     method: str
-    spacing: str
+    spacing: str | list[int]  # a rule's name, or the timesteps themselves (a fit)
     eta: float
     timesteps: tuple[int, ...]
     coefs: np.ndarray
@@ -95,7 +95,7 @@ def plan_steps(
     diffusion: GaussianDiffusion,
     method: str = "ddpm",
     steps: int | None = None,
-    spacing: str = "leading",
+    spacing: str | Sequence[int] = "leading",
     eta: float | None = None,
 ) -> StepPlan:
     """The steps :class:`fastddpm.Sampler` takes for these settings, as affine coefficients."""
@@ -121,8 +121,8 @@ def plan_steps(
     else:  # DDIM (and respaced DDPM, η = 1): x_next = A·x + B·ε + C·z
         coefs[:, A], coefs[:, B], coefs[:, C] = table[0].numpy(), table[1].numpy(), table[2].numpy()
     noisy = tuple(bool(c != 0) for c in coefs[:, C]) if not sampler.multistep else (False,) * len(seq)
-    return StepPlan(method=method, spacing=spacing, eta=sampler.eta, timesteps=tuple(seq),
-                    coefs=coefs.astype(np.float32), noisy=noisy, multistep=sampler.multistep)
+    return StepPlan(method=method, spacing=spacing if isinstance(spacing, str) else list(seq), eta=sampler.eta,
+                    timesteps=tuple(seq), coefs=coefs.astype(np.float32), noisy=noisy, multistep=sampler.multistep)
 
 
 def _no_model(x, t):  # pragma: no cover - plan_steps never samples
@@ -531,7 +531,7 @@ def export_onnx_sampler(
     diffusion: GaussianDiffusion | None = None,
     method: str = "ddpm",
     steps: int | None = None,
-    spacing: str = "leading",
+    spacing: str | Sequence[int] = "leading",
     eta: float | None = None,
     image_size: int | tuple[int, int] | None = None,
     channels: int | None = None,

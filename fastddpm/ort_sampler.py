@@ -63,7 +63,7 @@ class OrtSampler:
         *,
         method: str | None = None,
         steps: int | None = None,
-        spacing: str | None = None,
+        spacing: str | Sequence[int] | None = None,
         eta: float | None = None,
         providers: Sequence[str] | None = None,
         session_options: Any = None,

@@ -66,7 +66,8 @@ class Sampler:
     ``Sampler(model, diffusion, method="ddpm", steps=None, backend="auto", dtype=torch.float32)``:
     ``method`` "ddpm" (ancestral; all T steps run the reference's update, fewer steps respace the chain)
     or "ddim" (``eta`` ≥ 0, default 0: deterministic) or "dpmsolver++" (multistep, ``order`` 2 or 3); ``steps`` visited timesteps (default T), placed by
-    ``spacing`` "leading" | "trailing" | "linspace" (diffusers' names) | "logsnr" (uniform in log-SNR);
+    ``spacing`` "leading" | "trailing" | "linspace" (diffusers' names) | "logsnr" (uniform in log-SNR) |
+    "logsnr-sqrt", or the timesteps themselves (descending; e.g. ``fit_timesteps(...).timesteps``);
     every chain ends at x_0.
     ``dtype`` is the precision the model runs in (bf16/fp16 through autocast); the sample state and the
     update stay float32. ``backend``: "eager", "compile" (torch.compile of one step; CPU and CUDA),
@@ -86,7 +87,7 @@ class Sampler:
         method: str = "ddpm",
         steps: int | None = None,
         eta: float | None = None,
-        spacing: str = "leading",
+        spacing: str | Sequence[int] = "leading",
         backend: str = "auto",
         dtype: torch.dtype = torch.float32,
         kernels: str = "auto",
@@ -130,7 +131,7 @@ class Sampler:
         self.diffusion = diffusion
         T = diffusion.num_timesteps
         abar64 = torch.cumprod(1 - diffusion.betas.detach().to("cpu", torch.float64), 0)
-        self.timestep_sequence = timestep_sequence(T, steps if steps is not None else T, spacing, abar64)
+        self.timestep_sequence = timestep_sequence(T, steps, spacing, abar64)
         self.num_steps = len(self.timestep_sequence)
         # The full ancestral chain runs the reference's own update (fused); anything else — DDIM, or DDPM
         # on a respaced chain (DDIM with η = 1) — the linear update with float64-built coefficients.

@@ -17,6 +17,8 @@ after the last timestep uses ᾱ = 1).
 from __future__ import annotations
 
 import math
+import operator
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -29,10 +31,17 @@ _LOGSNR_WARP = {"logsnr": 1.0, "logsnr-sqrt": 0.5}
 
 
 def timestep_sequence(
-    num_train_steps: int, steps: int, spacing: str = "leading", alphas_cumprod: torch.Tensor | None = None
+    num_train_steps: int, steps: int | None, spacing: "str | Sequence[int]" = "leading",
+    alphas_cumprod: torch.Tensor | None = None,
 ) -> list[int]:
-    """The S timesteps to visit, descending, for a model trained on ``num_train_steps`` (T) steps."""
+    """The S timesteps to visit, descending, for a model trained on ``num_train_steps`` (T) steps.
+    ``spacing`` names a rule, or is the timesteps themselves (e.g. from ``fastddpm.fit_timesteps``):
+    distinct integers in [0, T), descending; ``steps``, when given, must then be their count."""
     T, S = num_train_steps, steps
+    if not isinstance(spacing, str):
+        return _explicit_timesteps(T, S, spacing)
+    if S is None:
+        S = T
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; expected one of {SPACINGS}")
     if not 1 <= S <= T:
@@ -59,6 +68,22 @@ def timestep_sequence(
     seq = sorted({int(v) for v in seq}, reverse=True)
     if len(seq) != S:  # rounding merged two steps (possible only for S close to T)
         raise ValueError(f"spacing {spacing!r} cannot place {S} distinct steps among {T}; try another spacing")
+    return seq
+
+
+def _explicit_timesteps(T: int, steps: int | None, timesteps: "Sequence[int]") -> list[int]:
+    try:
+        seq = [operator.index(v) for v in timesteps]
+    except TypeError:
+        raise ValueError(f"spacing must be one of {SPACINGS} or a sequence of integer timesteps, got {timesteps!r}") from None
+    if not seq:
+        raise ValueError("explicit timesteps: got none")
+    if any(not 0 <= v < T for v in seq):
+        raise ValueError(f"explicit timesteps must lie in [0, {T - 1}] (the training timesteps), got {seq}")
+    if any(a <= b for a, b in zip(seq, seq[1:])):
+        raise ValueError(f"explicit timesteps must be distinct and descending (the sampling order), got {seq}")
+    if steps is not None and steps != len(seq):
+        raise ValueError(f"steps={steps} but {len(seq)} explicit timesteps were given")
     return seq
 
 

@@ -125,3 +125,50 @@ def test_bad_input_one_line_exit_2(small_run, tmp_path, args, message):
     assert_one_line_error(result, message)
     assert list(tmp_path.iterdir()) == []  # nothing written where it ran
     assert sorted(p.name for p in small_run.rglob("*")) == before  # nothing changed beside the inputs
+
+
+def test_fit_timesteps_then_sample_with_them(tmp_path, small_unet, capsys):
+    import json
+
+    import torch
+
+    from fastddpm import FittedTimesteps, GaussianDiffusion, Sampler, save
+
+    checkpoint = tmp_path / "tiny.safetensors"
+    save(checkpoint, small_unet, GaussianDiffusion(50), image_size=8)
+    fit_path = tmp_path / "fit.json"
+    assert main(["fit-timesteps", "--checkpoint", str(checkpoint), "--steps", "4", "--batch-size", "4",
+                 "--teacher-steps", "12", "--out", str(fit_path), "--no-progress"]) == 0
+    fit = FittedTimesteps.from_json(fit_path.read_text())
+    assert len(fit.timesteps) == 4 and fit.num_train_steps == 50 and fit.error <= fit.start_error
+    assert str(fit_path) in capsys.readouterr().out
+
+    out = tmp_path / "s.npz"
+    assert main(["sample", "--checkpoint", str(checkpoint), "--timesteps", str(fit_path), "--num", "3",
+                 "--seed", "5", "--out", str(out), "--no-progress"]) == 0
+    with np.load(out) as archive:
+        images = archive["arr_0"]
+    torch.manual_seed(5)
+    expected = Sampler(small_unet, GaussianDiffusion(50), **fit.sampler_kwargs()).sample(3, 8, 1, progress=False)
+    from fastddpm.fileio import to_uint8_images
+
+    np.testing.assert_array_equal(images, to_uint8_images(expected))
+
+    def error(*argv):
+        capsys.readouterr()
+        assert main(list(argv)) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1
+        return lines[0]
+
+    sample = ["sample", "--checkpoint", str(checkpoint), "--out", str(out), "--timesteps"]
+    assert "--steps 5 does not match" in error(*sample, str(fit_path), "--steps", "5")
+    assert "drop --spacing" in error(*sample, str(fit_path), "--spacing", "trailing")
+    assert "--method ddim does not match" in error(*sample, str(fit_path), "--method", "ddim")
+    (tmp_path / "other.json").write_text(json.dumps({"timesteps": [3, 1]}))
+    assert "not a fastddpm timestep fit" in error(*sample, str(tmp_path / "other.json"))
+    assert "No such file" in error(*sample, str(tmp_path / "missing.json"))
+    foreign = FittedTimesteps(**{**json.loads(fit.to_json()), "num_train_steps": 1000, "timesteps": (999, 3)})
+    (tmp_path / "foreign.json").write_text(foreign.to_json())
+    assert "fitted for a model of 1000 timesteps" in error(*sample, str(tmp_path / "foreign.json"))
+    assert "--out must end in .json" in error("fit-timesteps", "--steps", "4", "--out", str(tmp_path / "f.txt"))

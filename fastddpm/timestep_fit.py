@@ -1,0 +1,154 @@
+"""Timesteps fitted to a model: where a few-step solver should evaluate *this* model.
+
+A named spacing ("logsnr", "logsnr-sqrt", ...) places the steps by a rule that ignores the model. A fit
+places them where the model's own probability-flow ODE needs them: starting from the best named spacing,
+a pattern search moves one timestep at a time (step sizes 32, 16, …, 1 training steps) and keeps a move
+when the few-step solve lands closer to a many-step solve of the same ODE from the same x_T (the
+"teacher": DPM-Solver++(2M) over ``teacher_steps`` logsnr-spaced steps). Only the model is consulted —
+no data — so it is fair to any model, and every candidate is judged on the same x_T (common random
+numbers: the objective is deterministic). The error on a second, held-out x_T batch is reported before
+and after, so a fit that only memorised its batch shows.
+
+The idea of fitting the schedule to the model follows "Align Your Steps" (Sabour et al., 2024); this is a
+plain derivative-free search on the teacher distance, not that paper's KL bound.
+
+    fit = fit_timesteps(model, diffusion, steps=10, image_size=16, channels=1)
+    Sampler(model, diffusion, method="dpmsolver++", spacing=fit.timesteps)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .schedules import SPACINGS, timestep_sequence
+
+__all__ = ["FittedTimesteps", "fit_timesteps"]
+
+FIT_METHODS = ("ddim", "dpmsolver++")  # deterministic solvers: the teacher distance is defined per x_T
+_MOVES = (32, 16, 8, 4, 2, 1)  # pattern-search step sizes, in training timesteps
+
+
+@dataclasses.dataclass(frozen=True)
+class FittedTimesteps:
+    """A fit's result: the timesteps (descending, for ``Sampler(spacing=...)``), the solver they were fitted
+    for, and the mean squared distance to the teacher before and after, on the fit batch and held out."""
+
+    timesteps: tuple[int, ...]
+    method: str
+    order: int
+    num_train_steps: int
+    start: str  # the named spacing the search started from
+    teacher_steps: int
+    start_error: float
+    error: float
+    heldout_start_error: float
+    heldout_error: float
+    evaluations: int  # candidate solves (each is len(timesteps) model evaluations on the fit batch)
+    seconds: float
+
+    def sampler_kwargs(self) -> dict[str, Any]:
+        """The ``Sampler`` arguments this fit is for."""
+        kwargs: dict[str, Any] = {"method": self.method, "spacing": list(self.timesteps)}
+        if self.method == "dpmsolver++":
+            kwargs["order"] = self.order
+        return kwargs
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FittedTimesteps":
+        data = json.loads(text)
+        if not isinstance(data, dict) or set(data) != {f.name for f in dataclasses.fields(cls)}:
+            raise ValueError("not a fastddpm timestep fit (expected the fields of FittedTimesteps)")
+        return cls(**{**data, "timesteps": tuple(int(t) for t in data["timesteps"])})
+
+
+def fit_timesteps(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    diffusion,
+    steps: int,
+    *,
+    image_size: int | Sequence[int],
+    channels: int,
+    method: str = "dpmsolver++",
+    order: int = 2,
+    batch_size: int = 128,
+    teacher_steps: int = 100,
+    seed: int = 0,
+    sampler_options: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> FittedTimesteps:
+    """Fit ``steps`` timesteps for ``method`` (and ``order``) to ``model``; see the module docstring.
+    ``sampler_options`` go to every ``Sampler`` (backend, dtype, kernels, device, prediction_type)."""
+    from .sampler import Sampler
+
+    if method not in FIT_METHODS:
+        raise ValueError(f"fit_timesteps fits deterministic solvers {FIT_METHODS}, got {method!r}")
+    T = diffusion.num_timesteps
+    if not 2 <= steps <= T:
+        raise ValueError(f"steps must lie in [2, {T}], got {steps}")
+    if not steps < teacher_steps <= T:
+        raise ValueError(f"teacher_steps must lie in ({steps}, {T}], got {teacher_steps}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    options = dict(sampler_options or {})
+    solver = {"method": method, **({"order": order} if method == "dpmsolver++" else {})}
+    started = time.perf_counter()
+
+    def solve(spacing, batch_seed: int, **kwargs) -> torch.Tensor:
+        sampler = Sampler(model, diffusion, spacing=spacing, **{**options, **kwargs})
+        return sampler.sample(batch_size, image_size, channels, seed=batch_seed, noise="philox", progress=False,
+                              clip=False).float()
+
+    fit_seed, heldout_seed = seed, seed + batch_size  # philox per-sample seeds: the two batches never overlap
+    teacher = {s: solve(timestep_sequence(T, teacher_steps, "logsnr", diffusion.alphas_cumprod), s,
+                        method="dpmsolver++") for s in (fit_seed, heldout_seed)}
+
+    def error(seq: Sequence[int], batch_seed: int = fit_seed) -> float:
+        # The mean over samples of each one's RMS distance to its teacher: a few samples that land in
+        # another mode would dominate a mean of squares and make the fit chase them.
+        gap = solve(list(seq), batch_seed, **solver) - teacher[batch_seed]
+        return float(gap.flatten(1).pow(2).mean(1).sqrt().mean())
+
+    abar = diffusion.alphas_cumprod
+    starts = {}
+    for name in SPACINGS:
+        try:
+            seq = timestep_sequence(T, steps, name, abar)
+        except ValueError:  # a rule that cannot place this many steps
+            continue
+        starts[name] = (error(seq), seq)
+    start = min(starts, key=lambda name: starts[name][0])
+    start_error, seq = starts[start]
+    start_seq, best, evaluations = list(seq), start_error, len(starts)
+    for move in _MOVES:
+        improved = True
+        while improved:  # first-improvement sweeps until no single move helps at this size
+            improved = False
+            for i in range(1, steps):  # the first step stays where the start put it (T − 1 but for 'leading')
+                upper = seq[i - 1] - 1
+                lower = seq[i + 1] + 1 if i + 1 < steps else 0
+                for delta in (move, -move):
+                    candidate = list(seq)
+                    candidate[i] += delta
+                    if not lower <= candidate[i] <= upper:
+                        continue
+                    value = error(candidate)
+                    evaluations += 1
+                    if value < best:
+                        best, seq, improved = value, candidate, True
+                        break
+        if progress:
+            print(f"fit_timesteps: move {move}: error {best:.3e} after {evaluations} solves")
+    return FittedTimesteps(
+        timesteps=tuple(seq), method=method, order=order if method == "dpmsolver++" else 1, num_train_steps=T,
+        start=start, teacher_steps=teacher_steps, start_error=start_error, error=best,
+        heldout_start_error=error(start_seq, heldout_seed), heldout_error=error(seq, heldout_seed),
+        evaluations=evaluations, seconds=time.perf_counter() - started,
+    )
