@@ -22,9 +22,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num", type=int, default=4000)
     parser.add_argument("--out", default="benchmarks/results/solvers.csv")
+    parser.add_argument("--fit-batch", type=int, default=1024, help="noise draws the fitted timesteps are judged on")
     args = parser.parse_args(argv)
 
-    from fastddpm import GaussianDiffusion, Sampler
+    from fastddpm import GaussianDiffusion, Sampler, fit_timesteps
     from fastddpm.kernels import randn_philox
     from fastddpm.oracle import GaussianMixture, evaluate
 
@@ -45,6 +46,15 @@ def main(argv=None) -> int:
         name = "dpmsolver++(3M)" if order == 3 else method
         return f"fastddpm {name} ({spacing})", out
 
+    def fitted(steps, order=2):
+        # Fitted on its own noise (per-sample seeds from 10**6 on), judged on the table's x_T (seeds 1…n).
+        fit = fit_timesteps(mix, diffusion, steps, image_size=(2, 2), channels=1, order=order,
+                            batch_size=args.fit_batch, teacher_steps=200, seed=10**6)
+        name, out = ours("dpmsolver++", steps, list(fit.timesteps), order)
+        print(f"{name.split(' (')[0]} fitted at {steps} steps: {list(fit.timesteps)} (from {fit.start}; held-out "
+              f"distance {fit.heldout_start_error:.4f} -> {fit.heldout_error:.4f}, {fit.seconds:.0f} s)")
+        return f"{name.split(' (')[0]} (fitted, from {fit.start})", out
+
     def anchor(name, scheduler, steps):
         scheduler.set_timesteps(steps)
         x = x_T.clone() * scheduler.init_noise_sigma
@@ -58,7 +68,8 @@ def main(argv=None) -> int:
         diffusers = None
         print("diffusers is not installed: the anchor rows are skipped (pip install 'fastddpm[compare]')")
     for steps in (10, 15, 20):
-        runs = [ours("dpmsolver++", steps, "logsnr-sqrt", 3), ours("dpmsolver++", steps, "logsnr", 3),
+        runs = [fitted(steps, 3), fitted(steps, 2),
+                ours("dpmsolver++", steps, "logsnr-sqrt", 3), ours("dpmsolver++", steps, "logsnr", 3),
                 ours("dpmsolver++", steps, "logsnr-sqrt"), ours("dpmsolver++", steps, "logsnr"),
                 ours("ddim", steps, "logsnr-sqrt"), ours("ddim", steps, "logsnr"), ours("dpmsolver++", steps, "trailing")]
         if diffusers is not None:

@@ -65,6 +65,8 @@ def _add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eta", type=float, help="DDIM's η (default 0: deterministic); ddim only")
     parser.add_argument("--spacing", choices=("leading", "trailing", "linspace", "logsnr", "logsnr-sqrt"),
                         help="where the --steps timesteps fall (default logsnr: even in log-SNR, best for few steps)")
+    parser.add_argument("--order", type=int, choices=(2, 3),
+                        help="DPM-Solver++'s order (default 2; 3 = DPM-Solver++(3M))")
     parser.add_argument("--timesteps", metavar="FIT.json",
                         help="timesteps fitted to the model by 'fastddpm fit-timesteps' (sets the method, order "
                         "and steps)")
@@ -83,7 +85,7 @@ def _read_fit(args: argparse.Namespace):
         except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:
             raise CLIError(f"--timesteps {args.timesteps}: {_one_line(exc)}") from None
         given = {"--method": (args.method, fit.method), "--steps": (args.steps, len(fit.timesteps)),
-                 "--order": (getattr(args, "order", None), fit.order if fit.method == "dpmsolver++" else None)}
+                 "--order": (args.order, fit.order if fit.method == "dpmsolver++" else None)}
         for flag, (value, fitted) in given.items():
             if value is not None and value != fitted:
                 raise CLIError(f"{flag} {value} does not match --timesteps {args.timesteps} (fitted for {fitted})")
@@ -102,7 +104,7 @@ def _sampler_settings(args: argparse.Namespace) -> dict:
 
 def _sampler_order(args: argparse.Namespace) -> int:
     fit = _read_fit(args)
-    return fit.order if fit is not None and fit.method == "dpmsolver++" else (getattr(args, "order", None) or 2)
+    return fit.order if fit is not None and fit.method == "dpmsolver++" else (args.order or 2)
 
 
 def _check_fit_matches(args: argparse.Namespace, diffusion) -> None:
@@ -152,8 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--noise", choices=("torch", "philox"),
                         help="torch: the reference's random stream (default); philox: per-sample seeds (seed+i for "
                         "image i; always with --out-dir)")
-    sample.add_argument("--order", type=int, choices=(2, 3),
-                        help="DPM-Solver++'s order (default 2; 3 = DPM-Solver++(3M), torch backends only)")
     sample.add_argument("--out-dir", metavar="DIR",
                         help="sharded sampling for large runs: uint8 .npz shards and manifest.json in DIR; run under "
                         "torchrun to spread shards over processes (the same images for any number); a rerun "
@@ -456,8 +456,6 @@ def _sample_onnx(args: argparse.Namespace, out: Path) -> None:
             raise CLIError(f"{flag} does not apply to --backend onnxruntime: the ONNX export fixes it")
     if args.noise != "torch":
         raise CLIError("--noise philox is the torch backends' counter-based noise; ONNX Runtime draws numpy's")
-    if _sampler_order(args) != 2:
-        raise CLIError("--order 3 runs on the torch backends; the ONNX step graph is second order")
     try:
         import onnx  # noqa: F401  (fastddpm imports them lazily: check here, before any work)
         import onnxruntime  # noqa: F401
@@ -471,8 +469,8 @@ def _sample_onnx(args: argparse.Namespace, out: Path) -> None:
     try:
         export = read_onnx(args.onnx)
         # An ε-model export samples like a checkpoint (the CLI's defaults); a whole-sampler export fixes its own.
-        settings = _sampler_settings(args) if export.kind == "eps-model" else dict(
-            method=args.method, steps=args.steps, eta=args.eta, spacing=args.spacing)
+        settings = {**_sampler_settings(args), "order": _sampler_order(args)} if export.kind == "eps-model" else dict(
+            method=args.method, steps=args.steps, eta=args.eta, spacing=args.spacing, order=args.order)
         sampler = OrtSampler(export, providers=providers, **settings)
     except (OnnxModelError, ValueError) as exc:
         raise CLIError(str(exc)) from None
@@ -516,10 +514,8 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
     out = _out_file(args.out, ".onnx")
     if not args.sampler and any(v is not None for v in (args.method, args.steps, args.eta, args.spacing,
-                                                        args.timesteps)):
-        raise CLIError("--method/--steps/--eta/--spacing/--timesteps choose the sampler of an --sampler export")
-    if _sampler_order(args) != 2:
-        raise CLIError("a --timesteps fit for order 3 runs on the torch backends; the ONNX step graph is second order")
+                                                        args.order, args.timesteps)):
+        raise CLIError("--method/--steps/--eta/--spacing/--order/--timesteps choose the sampler of an --sampler export")
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401  (torch.onnx.export(dynamo=True) needs it)
@@ -534,7 +530,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
                   dynamic_size=not args.static_size)
     try:
         if args.sampler:
-            export_onnx_sampler(loaded.model, out, **common, **_sampler_settings(args))
+            export_onnx_sampler(loaded.model, out, **common, **_sampler_settings(args), order=_sampler_order(args))
         else:
             export_onnx(loaded.model, out, **common)
     except (OnnxModelError, ValueError, RuntimeError) as exc:

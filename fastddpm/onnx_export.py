@@ -60,8 +60,9 @@ FORMAT_VERSION = 1
 OPSET = 18
 EPS_MODEL, SAMPLER_MODEL = "eps-model", "sampler"
 PRECISIONS = ("fp32", "fp16")
-# The five per-step coefficients, in the order the step's ``coef`` input holds them.
-A, B, C, F, G = range(5)
+# The per-step coefficients, in the order the step's ``coef`` input holds them; D (DPM-Solver++(3M)'s
+# weight of the x̂_0 of two steps back) only in order-3 plans.
+A, B, C, F, G, D = range(6)
 
 
 class OnnxModelError(ValueError):
@@ -81,13 +82,14 @@ class StepPlan:
     coefs: np.ndarray
     noisy: tuple[bool, ...]
     multistep: bool
+    order: int = 2  # 3: coefs has a sixth column D, and the step reads the x̂_0 of two steps back too
 
     @property
     def steps(self) -> int:
         return len(self.timesteps)
 
     def describe(self) -> dict[str, Any]:
-        return {"method": self.method, "steps": self.steps, "spacing": self.spacing, "eta": self.eta,
+        return {"method": self.method, "steps": self.steps, "spacing": self.spacing, "eta": self.eta, "order": self.order,
                 "timesteps": list(self.timesteps), "noisy": list(self.noisy)}
 
 
@@ -97,16 +99,17 @@ def plan_steps(
     steps: int | None = None,
     spacing: str | Sequence[int] = "leading",
     eta: float | None = None,
+    order: int = 2,
 ) -> StepPlan:
     """The steps :class:`fastddpm.Sampler` takes for these settings, as affine coefficients."""
     from .sampler import Sampler
 
     # The torch sampler validates the settings and builds its tables; no model is ever called.
-    sampler = Sampler(_no_model, diffusion, method=method, steps=steps, eta=eta, spacing=spacing,
+    sampler = Sampler(_no_model, diffusion, method=method, steps=steps, eta=eta, spacing=spacing, order=order,
                       backend="eager", kernels="torch", device="cpu")
     seq = sampler.timestep_sequence
     abar = torch.cumprod(1 - diffusion.betas.detach().to("cpu", torch.float64), 0)[seq]
-    coefs = np.zeros((len(seq), 5), dtype=np.float64)
+    coefs = np.zeros((len(seq), 6 if order == 3 else 5), dtype=np.float64)
     coefs[:, F] = (1 / abar.sqrt()).numpy()
     coefs[:, G] = (-(1 - abar).sqrt() / abar.sqrt()).numpy()
     table = sampler.table.detach().to("cpu", torch.float64)
@@ -118,11 +121,14 @@ def plan_steps(
     elif sampler.multistep:
         coefs[:, A], coefs[:, B], coefs[:, C] = table[0].numpy(), table[1].numpy(), table[2].numpy()
         coefs[:, F], coefs[:, G] = table[3].numpy(), table[4].numpy()
+        if order == 3:
+            coefs[:, D] = table[5].numpy()
     else:  # DDIM (and respaced DDPM, η = 1): x_next = A·x + B·ε + C·z
         coefs[:, A], coefs[:, B], coefs[:, C] = table[0].numpy(), table[1].numpy(), table[2].numpy()
     noisy = tuple(bool(c != 0) for c in coefs[:, C]) if not sampler.multistep else (False,) * len(seq)
     return StepPlan(method=method, spacing=spacing if isinstance(spacing, str) else list(seq), eta=sampler.eta,
-                    timesteps=tuple(seq), coefs=coefs.astype(np.float32), noisy=noisy, multistep=sampler.multistep)
+                    timesteps=tuple(seq), coefs=coefs.astype(np.float32), noisy=noisy, multistep=sampler.multistep,
+                    order=order)
 
 
 def _no_model(x, t):  # pragma: no cover - plan_steps never samples
@@ -356,7 +362,10 @@ def _check_sampler_meta(sampler: Any) -> dict[str, Any]:
         raise ValueError(f"'sampler' has steps={steps} but {len(timesteps)} timesteps and {len(noisy)} noise flags")
     for key in ("method", "spacing", "eta"):
         sampler[key]  # noqa: B018  (KeyError names a missing field)
-    return {**sampler, "steps": steps, "timesteps": timesteps, "noisy": noisy}
+    order = int(sampler.get("order", 2))  # files written before order 3 was exportable hold none
+    if order not in (2, 3):
+        raise ValueError(f"'sampler' has order {order}; 2 or 3 expected")
+    return {**sampler, "steps": steps, "timesteps": timesteps, "noisy": noisy, "order": order}
 
 
 # -- graph composition ----------------------------------------------------------------------------
@@ -390,13 +399,14 @@ def _eps_nodes(eps_model, prefix: str, x_name: str, t_name: str):
 _RESERVED = {"x", "t", "coef", "aux", "x_next", "x0", "x_T", "noise", "sample"}
 
 
-def _update_nodes(x: str, eps: str, aux: str, coef: str, x_next: str, x0: str, prefix: str):
-    """x̂_0 = F·x + G·ε and x_next = A·x + B·ε + C·aux, the coefficients read from ``coef`` (5,)."""
+def _update_nodes(x: str, eps: str, aux: str, coef: str, x_next: str, x0: str, prefix: str, aux2: str | None = None):
+    """x̂_0 = F·x + G·ε and x_next = A·x + B·ε + C·aux (+ D·aux2 at order 3), the coefficients read from
+    ``coef`` (5,) or (6,)."""
     from onnx import helper
 
     nodes = []
     c = {}
-    for i, name in enumerate("ABCFG"):
+    for i, name in enumerate("ABCFGD" if aux2 is not None else "ABCFG"):
         c[name] = f"{prefix}{name}"
         nodes.append(helper.make_node("Gather", [coef, f"{prefix}index{i}"], [c[name]], axis=0))
 
@@ -407,14 +417,19 @@ def _update_nodes(x: str, eps: str, aux: str, coef: str, x_next: str, x0: str, p
     nodes.append(helper.make_node("Add", [term("F", x, f"{prefix}Fx"), term("G", eps, f"{prefix}Geps")], [x0]))
     ab = f"{prefix}AxBeps"
     nodes.append(helper.make_node("Add", [term("A", x, f"{prefix}Ax"), term("B", eps, f"{prefix}Beps")], [ab]))
-    nodes.append(helper.make_node("Add", [ab, term("C", aux, f"{prefix}Caux")], [x_next]))
+    if aux2 is None:
+        nodes.append(helper.make_node("Add", [ab, term("C", aux, f"{prefix}Caux")], [x_next]))
+        return nodes
+    abc = f"{prefix}AxBepsCaux"
+    nodes.append(helper.make_node("Add", [ab, term("C", aux, f"{prefix}Caux")], [abc]))
+    nodes.append(helper.make_node("Add", [abc, term("D", aux2, f"{prefix}Daux2")], [x_next]))
     return nodes
 
 
-def _index_initializers(prefix: str):
+def _index_initializers(prefix: str, count: int = 5):
     from onnx import numpy_helper
 
-    return [numpy_helper.from_array(np.array(i, dtype=np.int64), f"{prefix}index{i}") for i in range(5)]
+    return [numpy_helper.from_array(np.array(i, dtype=np.int64), f"{prefix}index{i}") for i in range(count)]
 
 
 def _float_image(name: str, dims: tuple):
@@ -445,21 +460,23 @@ def _finish(graph, eps_model):
     return model
 
 
-def build_step_model(eps_model):
-    """The one-step graph ONNX Runtime iterates: inputs x, t (int64, B), coef (float32, 5), aux; outputs
-    x_next and x0 (see the module docstring)."""
+def build_step_model(eps_model, order: int = 2):
+    """The one-step graph ONNX Runtime iterates: inputs x, t (int64, B), coef (float32, 5), aux — at order 3
+    also aux2 (the x̂_0 of two steps back) with coef (6,); outputs x_next and x0 (see the module docstring)."""
     from onnx import TensorProto, helper
 
     prefix = "fastddpm/"
+    third = order == 3
     nodes, eps = _eps_nodes(eps_model, prefix + "eps/", "x", "t")
-    nodes += _update_nodes("x", eps, "aux", "coef", "x_next", "x0", prefix)
+    nodes += _update_nodes("x", eps, "aux", "coef", "x_next", "x0", prefix, "aux2" if third else None)
     dims = _image_dims(eps_model)
     graph = helper.make_graph(
         nodes, "fastddpm_step",
         inputs=[_float_image("x", dims), helper.make_tensor_value_info("t", TensorProto.INT64, [dims[0]]),
-                helper.make_tensor_value_info("coef", TensorProto.FLOAT, [5]), _float_image("aux", dims)],
+                helper.make_tensor_value_info("coef", TensorProto.FLOAT, [6 if third else 5]),
+                _float_image("aux", dims)] + ([_float_image("aux2", dims)] if third else []),
         outputs=[_float_image("x_next", dims), _float_image("x0", dims)],
-        initializer=list(eps_model.graph.initializer) + _index_initializers(prefix),
+        initializer=list(eps_model.graph.initializer) + _index_initializers(prefix, 6 if third else 5),
     )
     return _finish(graph, eps_model)
 
@@ -482,21 +499,26 @@ def build_sampler_model(eps_model, plan: StepPlan):
         aux = p + "aux"
     else:  # ODE solvers and η = 0: aux is the previous x̂_0 (multiplied by 0 unless multistep)
         aux = p + "x0_prev"
+    third = plan.order == 3
     eps_nodes, eps = _eps_nodes(eps_model, p + "eps/", p + "x", p + "t")
     body_nodes += eps_nodes
-    body_nodes += _update_nodes(p + "x", eps, aux, p + "coef", p + "x_next", p + "x0", p)
+    body_nodes += _update_nodes(p + "x", eps, aux, p + "coef", p + "x_next", p + "x0", p,
+                                p + "x0_prev2" if third else None)
     untyped = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, None)  # noqa: E731
+    carried_in, carried_out = [untyped(p + "x"), untyped(p + "x0_prev")], [untyped(p + "x_next"), untyped(p + "x0")]
+    if third:  # order 3 carries one more history: this step's x̂_0_prev is the next step's x̂_0_prev2
+        body_nodes.append(helper.make_node("Identity", [p + "x0_prev"], [p + "x0_prev_out"]))
+        carried_in.append(untyped(p + "x0_prev2"))
+        carried_out.append(untyped(p + "x0_prev_out"))
     body = helper.make_graph(
         body_nodes, "fastddpm_step",
         inputs=[helper.make_tensor_value_info(p + "k", TensorProto.INT64, []),
-                helper.make_tensor_value_info(p + "cond_in", TensorProto.BOOL, []),
-                untyped(p + "x"), untyped(p + "x0_prev")],
-        outputs=[helper.make_tensor_value_info(p + "cond_out", TensorProto.BOOL, []),
-                 untyped(p + "x_next"), untyped(p + "x0")],
+                helper.make_tensor_value_info(p + "cond_in", TensorProto.BOOL, [])] + carried_in,
+        outputs=[helper.make_tensor_value_info(p + "cond_out", TensorProto.BOOL, [])] + carried_out,
         # The weights live in the body: ORT folds and fuses only what it knows to be constant there, and
         # left in the outer graph they cost 40% per step (measured on the Fashion U-Net, 2-core CPU:
         # 579 ms/step with outer-scope weights, 411 inside; the step graph alone: 417).
-        initializer=list(eps_model.graph.initializer) + _index_initializers(p) + [
+        initializer=list(eps_model.graph.initializer) + _index_initializers(p, 6 if third else 5) + [
             numpy_helper.from_array(np.asarray(plan.timesteps, dtype=np.int64), p + "timesteps"),
             numpy_helper.from_array(plan.coefs.astype(np.float32), p + "coefs"),
         ],
@@ -505,8 +527,8 @@ def build_sampler_model(eps_model, plan: StepPlan):
         helper.make_node("Shape", ["x_T"], [p + "shape"]),
         helper.make_node("ConstantOfShape", [p + "shape"], [p + "zeros"],
                          value=numpy_helper.from_array(np.zeros(1, np.float32))),
-        helper.make_node("Loop", [p + "trip_count", p + "true", "x_T", p + "zeros"],
-                         [p + "x_final", p + "x0_final"], body=body),
+        helper.make_node("Loop", [p + "trip_count", p + "true", "x_T", p + "zeros"] + ([p + "zeros"] if third else []),
+                         [p + "x_final", p + "x0_final"] + ([p + "x0_prev_final"] if third else []), body=body),
         helper.make_node("Clip", [p + "x_final", p + "minus_one", p + "one"], ["sample"]),
     ]
     initializers = [
@@ -533,12 +555,13 @@ def export_onnx_sampler(
     steps: int | None = None,
     spacing: str | Sequence[int] = "leading",
     eta: float | None = None,
+    order: int = 2,
     image_size: int | tuple[int, int] | None = None,
     channels: int | None = None,
     precision: str | None = None,
     dynamic_size: bool = True,
 ) -> Path:
-    """Export the whole sampler (``method``/``steps``/``spacing``/``eta`` as for :class:`fastddpm.Sampler`)
+    """Export the whole sampler (``method``/``steps``/``spacing``/``eta``/``order`` as for :class:`fastddpm.Sampler`)
     as one ONNX model with a Loop over the steps. ``model`` is an ε-model (exported first, like
     :func:`export_onnx`) or the path of an ε-model export. Inputs: ``x_T`` and, when the sampler draws
     noise after x_T, ``noise`` (steps, B, C, H, W), slice k used at step k (ignored where the step adds
@@ -554,11 +577,11 @@ def export_onnx_sampler(
         if diffusion is not None or image_size is not None or channels is not None:
             raise ValueError("diffusion, image_size and channels come from the ε-model export's metadata")
         eps_proto, meta = source.model, dict(source.meta)
-        plan = plan_steps(GaussianDiffusion.from_config(source.diffusion), method, steps, spacing, eta)
+        plan = plan_steps(GaussianDiffusion.from_config(source.diffusion), method, steps, spacing, eta, order)
     else:
         if diffusion is None:
             raise ValueError("diffusion is required when exporting from a torch model")
-        plan = plan_steps(diffusion, method, steps, spacing, eta)  # settings checked before the slow export
+        plan = plan_steps(diffusion, method, steps, spacing, eta, order)  # settings checked before the slow export
         eps_proto, meta = _export_eps_proto(model, diffusion, image_size, channels, precision or "fp32",
                                             dynamic_size)
     proto = build_sampler_model(eps_proto, plan)

@@ -52,7 +52,7 @@ def _cuda_device_present() -> bool:
 class OrtSampler:
     """Sample from a fastddpm .onnx export with ONNX Runtime.
 
-    ``method`` / ``steps`` / ``spacing`` / ``eta`` as for :class:`fastddpm.Sampler` (an ε-model export),
+    ``method`` / ``steps`` / ``spacing`` / ``eta`` / ``order`` as for :class:`fastddpm.Sampler` (an ε-model export),
     or fixed by the file (a whole-sampler export; passing different ones is an error). ``providers`` are
     ONNX Runtime's (default :func:`default_providers`).
     """
@@ -65,6 +65,7 @@ class OrtSampler:
         steps: int | None = None,
         spacing: str | Sequence[int] | None = None,
         eta: float | None = None,
+        order: int | None = None,
         providers: Sequence[str] | None = None,
         session_options: Any = None,
     ):
@@ -76,13 +77,14 @@ class OrtSampler:
             from .diffusion import GaussianDiffusion
 
             diffusion = GaussianDiffusion.from_config(export.diffusion)
-            self.plan: StepPlan | None = plan_steps(diffusion, method or "ddpm", steps, spacing or "leading", eta)
-            graph = build_step_model(export.model)
+            self.plan: StepPlan | None = plan_steps(diffusion, method or "ddpm", steps, spacing or "leading", eta,
+                                                    order or 2)
+            graph = build_step_model(export.model, self.plan.order)
             self.method, self.num_steps = self.plan.method, self.plan.steps
         else:
             self.plan = None
             fixed = export.sampler
-            asked = {"method": method, "steps": steps, "spacing": spacing, "eta": eta}
+            asked = {"method": method, "steps": steps, "spacing": spacing, "eta": eta, "order": order}
             wrong = [f"{k}={v!r} (the file's is {fixed[k]!r})" for k, v in asked.items() if v is not None and v != fixed[k]]
             if wrong:
                 raise ValueError(f"{export.path}: a whole-sampler export fixes its sampler; got " + ", ".join(wrong))
@@ -169,7 +171,10 @@ class OrtSampler:
             return ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, device, device_id)
 
         xs = [on_device(x_T), empty()]
-        x0s = [on_device(np.zeros(shape, np.float32)), empty()]
+        # x̂_0 buffers: the previous step's, (order 3) the one before it, and the one this step writes.
+        third = plan.order == 3
+        x0_prev, x0_out = on_device(np.zeros(shape, np.float32)), empty()
+        x0_prev2 = on_device(np.zeros(shape, np.float32)) if third else None
         ts = [on_device(np.full(batch, t, dtype=np.int64)) for t in plan.timesteps]
         coefs = [on_device(row) for row in plan.coefs]
         z = on_device(np.zeros(shape, np.float32)) if any(plan.noisy) else None
@@ -177,23 +182,29 @@ class OrtSampler:
         current = 0
         for k in tqdm(range(plan.steps), desc="sampling (onnxruntime)", disable=not progress, leave=False):
             if plan.multistep:
-                aux = x0s[current]
+                aux = x0_prev
             elif plan.noisy[k]:
                 z.update_inplace(noise[k] if noise is not None else rng.standard_normal(shape, dtype=np.float32))
                 aux = z
             else:  # C = 0 at this step: any finite tensor will do; x̂_0's buffer is one
-                aux = x0s[current]
+                aux = x0_prev
             binding.bind_ortvalue_input("x", xs[current])
             binding.bind_ortvalue_input("t", ts[k])
             binding.bind_ortvalue_input("coef", coefs[k])
             binding.bind_ortvalue_input("aux", aux)
+            if third:
+                binding.bind_ortvalue_input("aux2", x0_prev2)
             binding.bind_ortvalue_output("x_next", xs[1 - current])
-            binding.bind_ortvalue_output("x0", x0s[1 - current])
+            binding.bind_ortvalue_output("x0", x0_out)
             # Host-to-device copies (this step's noise) complete before the run reads them: ORT does not
             # order them with its own stream on its own.
             binding.synchronize_inputs()
             self.session.run_with_iobinding(binding)
             current = 1 - current
+            if third:  # rotate: the oldest history is overwritten next
+                x0_prev2, x0_prev, x0_out = x0_prev, x0_out, x0_prev2
+            else:
+                x0_prev, x0_out = x0_out, x0_prev
         # numpy() is a view of the OrtValue's memory, freed with it when this returns: copy.
         x = np.array(xs[current].numpy(), copy=True)
         return np.clip(x, -1.0, 1.0, out=x) if clip else x

@@ -136,6 +136,8 @@ SAMPLERS = [
     dict(method="ddim", steps=5, eta=0.5),
     dict(method="ddim", steps=6, spacing="trailing"),
     dict(method="dpmsolver++", steps=6, spacing="logsnr"),
+    dict(method="dpmsolver++", steps=6, spacing="logsnr", order=3),  # reads the x̂_0 of two steps back too
+    dict(method="dpmsolver++", spacing=[19, 14, 9, 4, 2], order=3),  # explicit (e.g. fitted) timesteps
 ]
 
 
@@ -275,9 +277,10 @@ def test_cli_export_and_sample(model, diffusion, tmp_path):
     assert result.returncode == 0, result.stderr
     assert np.load(tmp_path / "s.npz")["arr_0"].shape == (5, IMAGE, IMAGE, 1)
     result = run_cli("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "loop.onnx"), "--sampler",
-                     "--method", "dpmsolver++", "--steps", "5")
+                     "--method", "dpmsolver++", "--steps", "5", "--order", "3")
     assert result.returncode == 0, result.stderr
     assert read_onnx(tmp_path / "loop.onnx").sampler["steps"] == 5
+    assert read_onnx(tmp_path / "loop.onnx").sampler["order"] == 3
     result = run_cli("sample", "--backend", "onnxruntime", "--onnx", str(tmp_path / "loop.onnx"), "--num", "2",
                      "--out", str(tmp_path / "l.png"))
     assert result.returncode == 0, result.stderr
@@ -285,6 +288,8 @@ def test_cli_export_and_sample(model, diffusion, tmp_path):
     # Errors: one line, exit 2, nothing written.
     assert_one_line_error(run_cli("sample", "--onnx", str(tmp_path / "loop.onnx"), "--steps", "9",
                                   "--out", str(tmp_path / "x.png")), "fixes its sampler")
+    assert_one_line_error(run_cli("sample", "--onnx", str(tmp_path / "loop.onnx"), "--order", "2",
+                                  "--out", str(tmp_path / "x.png")), "order=2 (the file's is 3)")
     assert_one_line_error(run_cli("sample", "--onnx", str(checkpoint), "--out", str(tmp_path / "x.png")),
                           "not an ONNX model")
     assert_one_line_error(run_cli("sample", "--onnx", str(tmp_path / "eps.onnx"), "--backend", "eager",
