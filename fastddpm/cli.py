@@ -82,10 +82,12 @@ def _read_fit(args: argparse.Namespace):
 
         try:
             fit = FittedTimesteps.from_json(Path(args.timesteps).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, OverflowError) as exc:
             raise CLIError(f"--timesteps {args.timesteps}: {_one_line(exc)}") from None
+        if args.order is not None and fit.method != "dpmsolver++":
+            raise CLIError(f"--order applies to dpmsolver++; --timesteps {args.timesteps} was fitted for {fit.method}")
         given = {"--method": (args.method, fit.method), "--steps": (args.steps, len(fit.timesteps)),
-                 "--order": (args.order, fit.order if fit.method == "dpmsolver++" else None)}
+                 "--order": (args.order, fit.order)}
         for flag, (value, fitted) in given.items():
             if value is not None and value != fitted:
                 raise CLIError(f"{flag} {value} does not match --timesteps {args.timesteps} (fitted for {fitted})")
@@ -469,8 +471,16 @@ def _sample_onnx(args: argparse.Namespace, out: Path) -> None:
     try:
         export = read_onnx(args.onnx)
         # An ε-model export samples like a checkpoint (the CLI's defaults); a whole-sampler export fixes its own.
-        settings = {**_sampler_settings(args), "order": _sampler_order(args)} if export.kind == "eps-model" else dict(
-            method=args.method, steps=args.steps, eta=args.eta, spacing=args.spacing, order=args.order)
+        if export.kind == "eps-model":
+            from .diffusion import GaussianDiffusion
+
+            _check_fit_matches(args, GaussianDiffusion.from_config(export.diffusion))
+            settings = {**_sampler_settings(args), "order": _sampler_order(args)}
+        elif args.timesteps is not None:
+            raise CLIError(f"{args.onnx} is a whole-sampler export: it fixes its timesteps (--timesteps goes with "
+                           "an ε-model export or a checkpoint)")
+        else:
+            settings = dict(method=args.method, steps=args.steps, eta=args.eta, spacing=args.spacing, order=args.order)
         sampler = OrtSampler(export, providers=providers, **settings)
     except (OnnxModelError, ValueError) as exc:
         raise CLIError(str(exc)) from None
@@ -555,7 +565,7 @@ def _cmd_fit_timesteps(args: argparse.Namespace) -> None:
                             channels=loaded.model.config.channels, method=args.method, order=args.order,
                             batch_size=args.batch_size, teacher_steps=args.teacher_steps, seed=args.seed,
                             progress=not args.no_progress)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:  # bad settings, or a model that fails (e.g. out of memory)
         raise CLIError(_one_line(exc)) from None
     try:
         with atomic_path(out) as tmp:
@@ -713,4 +723,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -11,7 +11,8 @@ Three graphs, all from one export:
 * the step (built in memory by :class:`fastddpm.OrtSampler`): the ε-model followed by the update every
   sampler of this library reduces to — ``x̂_0 = F·x + G·ε`` and ``x_next = A·x + B·ε + C·aux``, with
   the step's five coefficients an input and ``aux`` the step's noise (ancestral DDPM, DDIM) or the
-  previous x̂_0 (DPM-Solver++).
+  previous x̂_0 (DPM-Solver++); DPM-Solver++(3M) adds ``D·aux2``, the x̂_0 of two steps back (six
+  coefficients).
 * the whole sampler (:func:`export_onnx_sampler`): that step as the body of one ONNX ``Loop`` over a
   timestep and coefficient table baked into the file; inputs ``x_T`` and (for stochastic samplers)
   ``noise`` (S×B×C×H×W, one slice per step), output ``sample``. A deployment samples with one
@@ -396,7 +397,7 @@ def _eps_nodes(eps_model, prefix: str, x_name: str, t_name: str):
     return nodes, rename[graph.output[0].name]
 
 
-_RESERVED = {"x", "t", "coef", "aux", "x_next", "x0", "x_T", "noise", "sample"}
+_RESERVED = {"x", "t", "coef", "aux", "aux2", "x_next", "x0", "x_T", "noise", "sample"}
 
 
 def _update_nodes(x: str, eps: str, aux: str, coef: str, x_next: str, x0: str, prefix: str, aux2: str | None = None):

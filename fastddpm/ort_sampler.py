@@ -77,13 +77,15 @@ class OrtSampler:
             from .diffusion import GaussianDiffusion
 
             diffusion = GaussianDiffusion.from_config(export.diffusion)
-            self.plan: StepPlan | None = plan_steps(diffusion, method or "ddpm", steps, spacing or "leading", eta,
-                                                    order or 2)
+            self.plan: StepPlan | None = plan_steps(diffusion, method or "ddpm", steps,
+                                                    "leading" if spacing is None else spacing, eta, order or 2)
             graph = build_step_model(export.model, self.plan.order)
             self.method, self.num_steps = self.plan.method, self.plan.steps
         else:
             self.plan = None
             fixed = export.sampler
+            if spacing is not None and not isinstance(spacing, str):
+                spacing = [int(t) for t in spacing]  # explicit timesteps, compared as the file's JSON list
             asked = {"method": method, "steps": steps, "spacing": spacing, "eta": eta, "order": order}
             wrong = [f"{k}={v!r} (the file's is {fixed[k]!r})" for k, v in asked.items() if v is not None and v != fixed[k]]
             if wrong:

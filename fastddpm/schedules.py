@@ -73,6 +73,8 @@ def timestep_sequence(
 
 def _explicit_timesteps(T: int, steps: int | None, timesteps: "Sequence[int]") -> list[int]:
     try:
+        if isinstance(timesteps, str) or any(isinstance(v, bool) for v in timesteps):
+            raise TypeError
         seq = [operator.index(v) for v in timesteps]
     except TypeError:
         raise ValueError(f"spacing must be one of {SPACINGS} or a sequence of integer timesteps, got {timesteps!r}") from None

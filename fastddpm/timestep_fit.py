@@ -51,6 +51,29 @@ class FittedTimesteps:
     evaluations: int  # candidate solves (each is len(timesteps) model evaluations on the fit batch)
     seconds: float
 
+    def __post_init__(self):
+        # A fit read from a file is checked as strictly as one made here: it steers a sampler.
+        def integer(name, value):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            return value
+
+        T = integer("num_train_steps", self.num_train_steps)
+        if not isinstance(self.timesteps, (tuple, list)):
+            raise ValueError(f"timesteps must be a list of integers, got {self.timesteps!r}")
+        seq = [integer("a timestep", t) for t in self.timesteps]
+        if len(seq) < 2 or any(not 0 <= t < T for t in seq) or any(a <= b for a, b in zip(seq, seq[1:])):
+            raise ValueError(f"timesteps must be at least 2 distinct, descending integers in [0, {T - 1}], got {seq}")
+        object.__setattr__(self, "timesteps", tuple(seq))
+        if self.method not in FIT_METHODS:
+            raise ValueError(f"method must be one of {FIT_METHODS}, got {self.method!r}")
+        if integer("order", self.order) not in ((2, 3) if self.method == "dpmsolver++" else (1,)):
+            raise ValueError(f"order {self.order} does not go with method {self.method!r}")
+        for name in ("start_error", "error", "heldout_start_error", "heldout_error", "seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+
     def sampler_kwargs(self) -> dict[str, Any]:
         """The ``Sampler`` arguments this fit is for."""
         kwargs: dict[str, Any] = {"method": self.method, "spacing": list(self.timesteps)}
@@ -66,7 +89,7 @@ class FittedTimesteps:
         data = json.loads(text)
         if not isinstance(data, dict) or set(data) != {f.name for f in dataclasses.fields(cls)}:
             raise ValueError("not a fastddpm timestep fit (expected the fields of FittedTimesteps)")
-        return cls(**{**data, "timesteps": tuple(int(t) for t in data["timesteps"])})
+        return cls(**data)
 
 
 def fit_timesteps(
@@ -97,7 +120,9 @@ def fit_timesteps(
         raise ValueError(f"teacher_steps must lie in ({steps}, {T}], got {teacher_steps}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    options = dict(sampler_options or {})
+    # Eager by default: every candidate is a new timestep table, and a compiled or captured step would be
+    # rebuilt for each of hundreds of candidates.
+    options = {"backend": "eager", **(sampler_options or {})}
     solver = {"method": method, **({"order": order} if method == "dpmsolver++" else {})}
     started = time.perf_counter()
 

@@ -140,7 +140,10 @@ def test_fit_timesteps_then_sample_with_them(tmp_path, small_unet, capsys):
     assert main(["fit-timesteps", "--checkpoint", str(checkpoint), "--steps", "4", "--batch-size", "4",
                  "--teacher-steps", "12", "--out", str(fit_path), "--no-progress"]) == 0
     fit = FittedTimesteps.from_json(fit_path.read_text())
-    assert len(fit.timesteps) == 4 and fit.num_train_steps == 50 and fit.error <= fit.start_error
+    # The command passes its settings through: the library, asked the same, fits the same timesteps.
+    again = fastddpm.fit_timesteps(small_unet, GaussianDiffusion(50), 4, image_size=8, channels=1, batch_size=4,
+                                   teacher_steps=12)
+    assert fit.timesteps == again.timesteps and fit.num_train_steps == 50 and fit.error == again.error
     assert str(fit_path) in capsys.readouterr().out
 
     out = tmp_path / "s.npz"
@@ -165,6 +168,7 @@ def test_fit_timesteps_then_sample_with_them(tmp_path, small_unet, capsys):
     assert "--steps 5 does not match" in error(*sample, str(fit_path), "--steps", "5")
     assert "drop --spacing" in error(*sample, str(fit_path), "--spacing", "trailing")
     assert "--method ddim does not match" in error(*sample, str(fit_path), "--method", "ddim")
+    assert "--order 3 does not match" in error(*sample, str(fit_path), "--order", "3")
     (tmp_path / "other.json").write_text(json.dumps({"timesteps": [3, 1]}))
     assert "not a fastddpm timestep fit" in error(*sample, str(tmp_path / "other.json"))
     assert "No such file" in error(*sample, str(tmp_path / "missing.json"))

@@ -268,7 +268,8 @@ def test_explicit_timesteps_are_checked_and_equal_the_named_rule(small_unet):
     explicit = Sampler(small_unet, diffusion, method="ddim", spacing=named.timestep_sequence)
     assert explicit.timestep_sequence == named.timestep_sequence and torch.equal(explicit.table, named.table)
     for bad, match in (([10, 20], "descending"), ([199, 199, 3], "descending"), ([200, 3], r"\[0, 199\]"),
-                       ([5, -1], r"\[0, 199\]"), ([], "got none"), ([9.5, 2], "integer timesteps")):
+                       ([5, -1], r"\[0, 199\]"), ([], "got none"), ([9.5, 2], "integer timesteps"),
+                       ([True, False], "integer timesteps")):
         with pytest.raises(ValueError, match=match):
             Sampler(small_unet, diffusion, method="ddim", spacing=bad)
     with pytest.raises(ValueError, match="steps=3 but 2 explicit"):
@@ -306,6 +307,16 @@ def test_fitted_timesteps_round_trip_and_bad_settings(fitted, small_unet):
     assert FittedTimesteps.from_json(fitted.to_json()) == fitted
     with pytest.raises(ValueError, match="not a fastddpm timestep fit"):
         FittedTimesteps.from_json('{"timesteps": [3, 2]}')
+    import json
+
+    good = json.loads(fitted.to_json())
+    for field, bad, match in (("timesteps", "97531", "list of integers"), ("timesteps", [999.9, 3.2], "integer"),
+                              ("timesteps", [True, False], "integer"), ("timesteps", [3, 9], "descending"),
+                              ("timesteps", [5000, 3], "descending"), ("num_train_steps", "1000", "integer"),
+                              ("method", "ddpm", "method must be"), ("order", 1, "does not go with"),
+                              ("error", "small", "number")):
+        with pytest.raises(ValueError, match=match):
+            FittedTimesteps.from_json(json.dumps({**good, field: bad}))
     diffusion = GaussianDiffusion(50)
     common = dict(image_size=8, channels=1)
     with pytest.raises(ValueError, match="deterministic solvers"):

@@ -298,6 +298,21 @@ def test_cli_export_and_sample(model, diffusion, tmp_path):
                                   "--out", str(tmp_path / "x.png")), "--precision does not apply")
     assert_one_line_error(run_cli("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x.onnx"),
                                   "--steps", "3"), "--sampler export")
+    # A timestep fit goes with an ε-model export of a model of its own length, never with a Loop export.
+    from fastddpm import FittedTimesteps
+
+    fit = dict(method="dpmsolver++", order=2, start="logsnr", teacher_steps=10, start_error=1.0, error=0.5,
+               heldout_start_error=1.0, heldout_error=0.6, evaluations=3, seconds=1.0)
+    (tmp_path / "fit.json").write_text(FittedTimesteps(timesteps=(19, 9, 2), num_train_steps=T, **fit).to_json())
+    (tmp_path / "far.json").write_text(FittedTimesteps(timesteps=(19, 9, 2), num_train_steps=50, **fit).to_json())
+    result = run_cli("sample", "--onnx", str(tmp_path / "eps.onnx"), "--timesteps", str(tmp_path / "fit.json"),
+                     "--num", "2", "--out", str(tmp_path / "fit.npz"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert_one_line_error(run_cli("sample", "--onnx", str(tmp_path / "loop.onnx"), "--timesteps",
+                                  str(tmp_path / "fit.json"), "--out", str(tmp_path / "x.png")), "whole-sampler export")
+    assert_one_line_error(run_cli("sample", "--onnx", str(tmp_path / "eps.onnx"), "--timesteps",
+                                  str(tmp_path / "far.json"), "--out", str(tmp_path / "x.png")),
+                          "fitted for a model of 50 timesteps")
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.onnx").exists()
 
 
