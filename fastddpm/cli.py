@@ -82,7 +82,7 @@ def _read_fit(args: argparse.Namespace):
 
         try:
             fit = FittedTimesteps.from_json(Path(args.timesteps).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError, TypeError, OverflowError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
             raise CLIError(f"--timesteps {args.timesteps}: {_one_line(exc)}") from None
         if args.order is not None and fit.method != "dpmsolver++":
             raise CLIError(f"--order applies to dpmsolver++; --timesteps {args.timesteps} was fitted for {fit.method}")

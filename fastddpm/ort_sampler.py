@@ -85,7 +85,10 @@ class OrtSampler:
             self.plan = None
             fixed = export.sampler
             if spacing is not None and not isinstance(spacing, str):
-                spacing = [int(t) for t in spacing]  # explicit timesteps, compared as the file's JSON list
+                # Explicit timesteps, checked like the torch sampler's, compared as the file's JSON list.
+                from .schedules import _explicit_timesteps
+
+                spacing = _explicit_timesteps(export.diffusion.timesteps, None, spacing)
             asked = {"method": method, "steps": steps, "spacing": spacing, "eta": eta, "order": order}
             wrong = [f"{k}={v!r} (the file's is {fixed[k]!r})" for k, v in asked.items() if v is not None and v != fixed[k]]
             if wrong:

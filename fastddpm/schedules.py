@@ -73,9 +73,12 @@ def timestep_sequence(
 
 def _explicit_timesteps(T: int, steps: int | None, timesteps: "Sequence[int]") -> list[int]:
     try:
-        if isinstance(timesteps, str) or any(isinstance(v, bool) for v in timesteps):
+        if isinstance(timesteps, str):
             raise TypeError
-        seq = [operator.index(v) for v in timesteps]
+        items = list(timesteps)  # once: an iterator would be spent by a second pass
+        if any(isinstance(v, bool) or (isinstance(v, torch.Tensor) and v.dtype == torch.bool) for v in items):
+            raise TypeError
+        seq = [operator.index(v) for v in items]
     except TypeError:
         raise ValueError(f"spacing must be one of {SPACINGS} or a sequence of integer timesteps, got {timesteps!r}") from None
     if not seq:

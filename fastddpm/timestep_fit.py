@@ -65,6 +65,10 @@ class FittedTimesteps:
         if len(seq) < 2 or any(not 0 <= t < T for t in seq) or any(a <= b for a, b in zip(seq, seq[1:])):
             raise ValueError(f"timesteps must be at least 2 distinct, descending integers in [0, {T - 1}], got {seq}")
         object.__setattr__(self, "timesteps", tuple(seq))
+        integer("teacher_steps", self.teacher_steps)
+        integer("evaluations", self.evaluations)
+        if self.start not in SPACINGS:
+            raise ValueError(f"start must be one of {SPACINGS}, got {self.start!r}")
         if self.method not in FIT_METHODS:
             raise ValueError(f"method must be one of {FIT_METHODS}, got {self.method!r}")
         if integer("order", self.order) not in ((2, 3) if self.method == "dpmsolver++" else (1,)):

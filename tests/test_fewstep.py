@@ -267,9 +267,11 @@ def test_explicit_timesteps_are_checked_and_equal_the_named_rule(small_unet):
     named = Sampler(small_unet, diffusion, method="ddim", steps=6, spacing="logsnr")
     explicit = Sampler(small_unet, diffusion, method="ddim", spacing=named.timestep_sequence)
     assert explicit.timestep_sequence == named.timestep_sequence and torch.equal(explicit.table, named.table)
+    for given in (iter(named.timestep_sequence), torch.tensor(named.timestep_sequence)):  # any iterable of ints
+        assert Sampler(small_unet, diffusion, method="ddim", spacing=given).timestep_sequence == named.timestep_sequence
     for bad, match in (([10, 20], "descending"), ([199, 199, 3], "descending"), ([200, 3], r"\[0, 199\]"),
                        ([5, -1], r"\[0, 199\]"), ([], "got none"), ([9.5, 2], "integer timesteps"),
-                       ([True, False], "integer timesteps")):
+                       ([True, False], "integer timesteps"), (torch.tensor([True, False]), "integer timesteps")):
         with pytest.raises(ValueError, match=match):
             Sampler(small_unet, diffusion, method="ddim", spacing=bad)
     with pytest.raises(ValueError, match="steps=3 but 2 explicit"):

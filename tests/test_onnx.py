@@ -308,6 +308,12 @@ def test_cli_export_and_sample(model, diffusion, tmp_path):
     result = run_cli("sample", "--onnx", str(tmp_path / "eps.onnx"), "--timesteps", str(tmp_path / "fit.json"),
                      "--num", "2", "--out", str(tmp_path / "fit.npz"), "--no-progress")
     assert result.returncode == 0, result.stderr
+    # The fit's timesteps are the ones sampled (the CLI draws from numpy's generator seeded with --seed 0).
+    from fastddpm.fileio import to_uint8_images
+
+    expected = OrtSampler(tmp_path / "eps.onnx", method="dpmsolver++", spacing=(t for t in (19, 9, 2))).sample(
+        2, seed=np.random.default_rng(0), progress=False)
+    assert np.array_equal(np.load(tmp_path / "fit.npz")["arr_0"], to_uint8_images(torch.from_numpy(expected)))
     assert_one_line_error(run_cli("sample", "--onnx", str(tmp_path / "loop.onnx"), "--timesteps",
                                   str(tmp_path / "fit.json"), "--out", str(tmp_path / "x.png")), "whole-sampler export")
     assert_one_line_error(run_cli("sample", "--onnx", str(tmp_path / "eps.onnx"), "--timesteps",
