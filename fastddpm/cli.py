@@ -305,9 +305,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         _sample_torch(args, out, device)
     finally:
         if joined:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+            _leave_process_group()
 
 
 def _process_device(name: str):
@@ -605,19 +603,25 @@ def _cmd_train(args: argparse.Namespace) -> None:
         _train(args, device)
     finally:
         if joined:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-            global _SKIP_TEARDOWN
-            _SKIP_TEARDOWN = True
+            _leave_process_group()
 
 
-# Set once a torchrun worker has trained under DistributedDataParallel. DDP keeps the process group alive
-# past destroy_process_group (measured on torch 2.14: its gloo threads pt_gloo_runloop ×2 and gloo_tcp_loop
-# still run after it, with no DDP object left; pytorch/pytorch#107298), and those threads meeting the
-# interpreter's teardown aborted a worker once in CI ("terminate called without an active exception",
-# SIGABRT after the run had finished). Such a process ends with os._exit once its files are written.
+# Set once a torchrun worker has left its process group. Such a process ends with os._exit once its
+# files are written and its output flushed: torch.distributed's teardown at interpreter exit aborted
+# workers ("terminate called without an active exception", SIGABRT, after the work was done) — once in
+# CI after DDP training, and once here after sharded sampling, where faulthandler showed the main thread
+# with no Python frame left, i.e. in exit-time destructors. After a DistributedDataParallel has been
+# built, destroy_process_group() does not even stop the gloo group's threads (measured on torch 2.14:
+# pt_gloo_runloop ×2 and gloo_tcp_loop still run; pytorch/pytorch#107298).
 _SKIP_TEARDOWN = False
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    global _SKIP_TEARDOWN
+    dist.destroy_process_group()
+    _SKIP_TEARDOWN = True
 
 
 def run() -> None:
