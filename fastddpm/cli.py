@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--image-size", type=_positive_int, help="default sample size (default: the training size)")
     export.add_argument("--static-size", action="store_true", help="fix height and width (default: dynamic)")
     export.add_argument("--sampler", action="store_true",
-                        help="export the whole sampler (--method, --steps, --spacing, --eta) as one ONNX Loop")
+                        help="export the whole sampler (--method, --steps, --spacing, --eta, --order or "
+                        "--timesteps) as one ONNX Loop")
     _add_sampler_arguments(export)
     export.set_defaults(func=_cmd_export)
 
