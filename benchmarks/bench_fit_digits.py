@@ -3,7 +3,7 @@
 For each (steps, order): ``fastddpm.fit_timesteps`` on the bundled model (fit batch: philox seeds from
 100000 on, teacher DPM-Solver++(2M) over 50 logsnr steps), then 512 samples (seeds 0–511, never seen by
 the fit) with the fitted timesteps and with "logsnr", "logsnr-sqrt" and the spacing the fit started
-from, scored by ``fastddpm.quality.digits_score`` (share confidently recognised, classes, entropy) and by
+from, scored by ``fastddpm.eval.quality.digits_score`` (share confidently recognised, classes, entropy) and by
 the held-out distance to the teacher the fit reports.
 
     python benchmarks/bench_fit_digits.py [--steps 10] [--orders 2 3] [--out benchmarks/results/fit-digits.csv]
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
 
     import fastddpm
     from fastddpm import Sampler, fit_timesteps
-    from fastddpm.quality import digits_score
+    from fastddpm.eval.quality import digits_score
 
     model, diffusion = fastddpm.load()
     env = environment("cpu")

@@ -1,6 +1,6 @@
 """Real-data score of the bundled digits model per sampler and step count (a benchmark, not a test).
 
-The score is ``fastddpm.quality.digits_score``: a logistic regression fit in-process on scikit-learn's 8×8
+The score is ``fastddpm.eval.quality.digits_score``: a logistic regression fit in-process on scikit-learn's 8×8
 digits scores the samples pooled to 8×8 — the share recognised confidently (max class probability ≥ 0.9),
 and the diversity of the recognised classes (how many of the ten appear, and the entropy of their
 histogram in bits; log2(10) ≈ 3.32 for a uniform spread). The classifier's own
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     import fastddpm
     from fastddpm import Sampler
 
-    from fastddpm.quality import digits_classifier, digits_score, score_pixels
+    from fastddpm.eval.quality import digits_classifier, digits_score, score_pixels
 
     clf, x_test, y_test = digits_classifier()
     env = environment("cpu")

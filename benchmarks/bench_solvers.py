@@ -2,9 +2,9 @@
 
 Runs fastddpm's samplers and diffusers' DPM-Solver++(2M) and UniPC (both with Karras sigmas) from the same
 x_T on the same exact ε-model, and prints distance-to-truth over the noise floor, the largest component
-weight error and the narrow component's spread ratio (see fastddpm.oracle.evaluate).
+weight error and the narrow component's spread ratio (see fastddpm.eval.oracle.evaluate).
 
-    python benchmarks/bench_solvers.py [--num 4000] [--out benchmarks/results/solvers.csv]
+    python benchmarks/bench_solvers.py [--num 4000] [--steps 5 10 15 20] [--no-fit] [--out benchmarks/results/solvers.csv]
 """
 
 from __future__ import annotations
@@ -23,11 +23,16 @@ def main(argv=None) -> int:
     parser.add_argument("--num", type=int, default=4000)
     parser.add_argument("--out", default="benchmarks/results/solvers.csv")
     parser.add_argument("--fit-batch", type=int, default=1024, help="noise draws the fitted timesteps are judged on")
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 15, 20], help="evaluation counts")
+    parser.add_argument("--no-fit", action="store_true", help="skip the fitted-timestep rows (minutes each)")
+    parser.add_argument("--fit-solver", action="store_true",
+                        help="add fitted solvers (timesteps and coefficients, fastddpm.fit.solver) beside their starts")
     args = parser.parse_args(argv)
 
     from fastddpm import GaussianDiffusion, Sampler, fit_timesteps
+    from fastddpm.fit.solver import fit_solver
     from fastddpm.kernels import randn_philox
-    from fastddpm.oracle import GaussianMixture, evaluate
+    from fastddpm.eval.oracle import GaussianMixture, evaluate
 
     T, n = 1000, args.num
     diffusion = GaussianDiffusion(T)
@@ -40,10 +45,12 @@ def main(argv=None) -> int:
 
     results = []
 
-    def ours(method, steps, spacing, order=2):
-        out = Sampler(mix, diffusion, method=method, steps=steps, spacing=spacing, order=order).sample(
-            n, (2, 2), 1, seed=1, noise="philox", progress=False, clip=False)
-        name = "dpmsolver++(3M)" if order == 3 else method
+    def ours(method, steps, spacing, order=None):
+        solver = dict(method=method, order=order)
+        solver.update(timesteps=spacing) if isinstance(spacing, list) else solver.update(steps=steps, spacing=spacing)
+        out = Sampler(mix, diffusion, **solver).sample(n, (2, 2), 1, seed=1, noise="philox", progress=False, clip=False)
+        name = {("dpmsolver++", 3): "dpmsolver++(3M)", ("unipc", 2): "unipc-2", ("unipc", 3): "unipc-3"}.get(
+            (method, order), method)
         return f"fastddpm {name} ({spacing})", out
 
     def fitted(steps, order=2):
@@ -54,6 +61,17 @@ def main(argv=None) -> int:
         print(f"{name.split(' (')[0]} fitted at {steps} steps: {list(fit.timesteps)} (from {fit.start}; held-out "
               f"distance {fit.heldout_start_error:.4f} -> {fit.heldout_error:.4f}, {fit.seconds:.0f} s)")
         return f"{name.split(' (')[0]} (fitted, from {fit.start})", out
+
+    def fitted_solver(steps):
+        # Fitted on its own noise (per-sample seeds from 10**6 on), judged on the table's x_T (seeds 1…n).
+        fit = fit_solver(mix, diffusion, steps, image_size=(2, 2), channels=1, fit_batch=args.fit_batch,
+                         teacher_steps=200, seed=10**6, progress=False)
+        print(f"fitted solver at {steps} steps: {fit.method} from {fit.start}, timesteps {list(fit.timesteps)}; "
+              f"held-out distance {fit.heldout_start_error:.4f} -> {fit.heldout_error:.4f}, {fit.seconds:.0f} s")
+        out = Sampler(mix, diffusion, plan=fit.plan()).sample(n, (2, 2), 1, seed=1, noise="philox", progress=False,
+                                                              clip=False)
+        return [(f"fastddpm fitted solver ({fit.method}, from {fit.start})", out),
+                ours(fit.method, steps, fit.start, fit.order)]
 
     def anchor(name, scheduler, steps):
         scheduler.set_timesteps(steps)
@@ -67,11 +85,15 @@ def main(argv=None) -> int:
     except ImportError:
         diffusers = None
         print("diffusers is not installed: the anchor rows are skipped (pip install 'fastddpm[compare]')")
-    for steps in (10, 15, 20):
-        runs = [fitted(steps, 3), fitted(steps, 2),
-                ours("dpmsolver++", steps, "logsnr-sqrt", 3), ours("dpmsolver++", steps, "logsnr", 3),
-                ours("dpmsolver++", steps, "logsnr-sqrt"), ours("dpmsolver++", steps, "logsnr"),
-                ours("ddim", steps, "logsnr-sqrt"), ours("ddim", steps, "logsnr"), ours("dpmsolver++", steps, "trailing")]
+    for steps in args.steps:
+        runs = [] if args.no_fit else [fitted(steps, 3), fitted(steps, 2)]
+        if args.fit_solver:
+            runs += fitted_solver(steps)
+        runs += [ours("unipc", steps, "logsnr-sqrt", 3), ours("unipc", steps, "logsnr", 3),
+                 ours("unipc", steps, "logsnr-sqrt", 2), ours("unipc", steps, "logsnr", 2),
+                 ours("dpmsolver++", steps, "logsnr-sqrt", 3), ours("dpmsolver++", steps, "logsnr", 3),
+                 ours("dpmsolver++", steps, "logsnr-sqrt", 2), ours("dpmsolver++", steps, "logsnr", 2),
+                 ours("ddim", steps, "logsnr-sqrt"), ours("ddim", steps, "logsnr"), ours("dpmsolver++", steps, "trailing")]
         if diffusers is not None:
             common = dict(num_train_timesteps=T, beta_schedule="linear", use_karras_sigmas=True)
             runs.append(anchor("DPM-Solver++(2M) Karras", diffusers.DPMSolverMultistepScheduler(

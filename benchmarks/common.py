@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fastddpm.bench import append_csv, device_name, environment
+from fastddpm.bench.probes import device_name, environment
+from fastddpm.bench.report import append_csv
 
 __all__ = ["append_rows", "device_name", "environment"]
 

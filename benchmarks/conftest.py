@@ -1,7 +1,7 @@
 """The pytest-benchmark suite (``pytest benchmarks --benchmark-only``); CI runs none of it.
 
 Each benchmark first checks its fast path against the reference computation with the same inputs, then
-times it. The model is the preset named by ``FASTDDPM_BENCH_PRESET`` (default "fashion", the seed's
+times it. The model is the preset named by ``FASTDDPM_BENCH_PRESET`` (default "fashion", the reference's
 Fashion-MNIST U-Net; "tiny" for a quick pass), the batch ``FASTDDPM_BENCH_BATCH`` (default 64), on CUDA
 when there is one. Save and compare runs with pytest-benchmark's own flags (``--benchmark-autosave``,
 ``--benchmark-compare``); ``fastddpm bench`` prints the side-by-side table with speed-ups.
@@ -35,7 +35,7 @@ def batch():
 
 @pytest.fixture(scope="session")
 def model_and_diffusion(preset):
-    from fastddpm.bench import _load_preset
+    from fastddpm.bench.matrix import _load_preset
 
     return _load_preset(preset, DEVICE)
 

@@ -54,7 +54,7 @@ def test_q_sample(benchmark, step_inputs, impl):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_linear_attention(benchmark, preset, batch, impl):
-    """The U-Net's linear-attention core (4 heads of 32, the seed's) at the preset's full resolution."""
+    """The U-Net's linear-attention core (4 heads of 32, the reference's) at the preset's full resolution."""
     from fastddpm.kernels import linear_attention
     from fastddpm.kernels.linear_attention.naive import linear_attention as twin
 
@@ -66,7 +66,7 @@ def test_linear_attention(benchmark, preset, batch, impl):
 
 
 # -- the U-Net forward ---------------------------------------------------------------------------------
-# torch.compile only on CUDA: compiling the seed's U-Net takes minutes on a 2-core CPU (fastddpm bench
+# torch.compile only on CUDA: compiling the reference's U-Net takes minutes on a 2-core CPU (fastddpm bench
 # --backends compile:fp32 measures it there when asked).
 FORWARD_BACKENDS = ["eager", "compile"] if DEVICE.type == "cuda" else ["eager"]
 
@@ -116,7 +116,7 @@ def test_sampling(benchmark, model_and_diffusion, preset, batch, method, backend
     def sample():
         return sampler.sample(batch, size, channels, seed=0, progress=False, clip=False)
 
-    # The oracle: the seed's loop for ddpm, the eager float32 sampler of the method otherwise.
+    # The oracle: the reference's loop for ddpm, the eager float32 sampler of the method otherwise.
     if method == "ddpm":
         torch.manual_seed(0)
         expected = torch.from_numpy(chain.p_sample_loop(model, (batch, channels, size, size), progress=False)[-1])
@@ -148,7 +148,7 @@ def test_onnxruntime_sampling(benchmark, model_and_diffusion, preset, batch, tmp
     path = export_onnx(model, folder / "eps.onnx", diffusion=chain, image_size=preset.image_size)
     if kind == "loop":
         path = export_onnx_sampler(path, folder / "loop.onnx", method="ddpm")
-    from fastddpm.ort_sampler import CPU, CUDA
+    from fastddpm.onnx import CPU, CUDA
 
     # fp32 on both sides: ORT's CUDA provider defaults to TF32 convolutions.
     sampler = OrtSampler(path, providers=[(CUDA, {"use_tf32": 0}), CPU] if DEVICE.type == "cuda" else [CPU])

@@ -1,7 +1,8 @@
-"""fastddpm: a seed-exact DDPM reference (annotated-diffusion) and a fast sampling engine beside it."""
+"""fastddpm: an exact DDPM reference (the annotated-diffusion code) and a fast sampling engine beside it."""
 
 from ._version import __version__
-from .diffusion import (
+from . import _aliases
+from .reference.diffusion import (
     BETA_SCHEDULES,
     LOSS_TYPES,
     DiffusionConfig,
@@ -11,13 +12,12 @@ from .diffusion import (
     quadratic_beta_schedule,
     sigmoid_beta_schedule,
 )
-from .checkpoint import CheckpointError, load, save
-from .sampler import Sampler
-from .timestep_fit import FittedTimesteps, fit_timesteps
+from .io.checkpoint import CheckpointError, load, save
+from .sampling.sampler import Sampler
+from .fit.timesteps import FittedTimesteps, fit_timesteps
 # onnx and onnxruntime (the "onnx" extra) are imported only when these are called.
-from .onnx_export import OnnxModelError, export_onnx, export_onnx_sampler
-from .ort_sampler import OrtSampler
-from .unet import Unet, UnetConfig
+from .onnx import OnnxModelError, OrtSampler, export_onnx, export_onnx_sampler
+from .reference.unet import Unet, UnetConfig
 
 __all__ = [
     "__version__",
@@ -42,3 +42,5 @@ __all__ = [
     "quadratic_beta_schedule",
     "sigmoid_beta_schedule",
 ]
+
+_aliases.install()  # the flat layout's module paths (fastddpm.sampler, …) this release

@@ -11,7 +11,7 @@ import torch
 __all__ = ["TOLERANCES", "tolerance", "relative_error", "assert_close"]
 
 TOLERANCES: dict[torch.dtype, float] = {
-    # The seed-exact reference and its fast twins in float32, per forward or per op: 1e-6 relative.
+    # The reference and its fast twins in float32, per forward or per op: 1e-6 relative.
     # Reordered float32 sums (fused kernels, compiled graphs) stay within a few ulps (~1e-7) of it.
     # (A whole 200-step trajectory is held to 1e-5, the sampler's contract: rounding differences of
     # single steps carry through the chain.)
@@ -32,7 +32,7 @@ TOLERANCES: dict[torch.dtype, float] = {
 FLOAT32_TRAJECTORY = 1e-5
 
 
-# The seed's float32 schedule tables against float64 closed forms. Looser than float32's entry because
+# The reference's float32 schedule tables against float64 closed forms. Looser than float32's entry because
 # (a) the cosine schedule evaluates cos² near π/2 in float32 and then cancels in β = 1 − ᾱ_t/ᾱ_{t−1}
 # (measured 3.1e-5 at T=1000, 3.3e-6 at T=200), and (b) cumprod chains T roundings and 1 − ᾱ_t cancels
 # near t=0 (measured up to 3.2e-6 over all tables, schedules and T ∈ {200, 1000}).

@@ -1,4 +1,4 @@
-"""Shared test configuration. ``seed_reference`` (the seed's code, transcribed) is the oracle."""
+"""Shared test configuration. ``reference_oracle`` (the reference code, transcribed) is the oracle."""
 
 import os
 
@@ -12,7 +12,7 @@ if not torch.cuda.is_available():
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 # Small U-Net configurations covering both block types, time embedding on and off, custom init/out
-# widths, and two or three resolutions. Each is built by the library and by the seed oracle.
+# widths, and two or three resolutions. Each is built by the library and by the reference oracle.
 UNET_CONFIGS = {
     "convnext-fashion": dict(dim=28, channels=1, dim_mults=(1, 2, 4)),
     "convnext-rgb-mult3": dict(dim=16, channels=3, dim_mults=(1, 2), convnext_mult=3),

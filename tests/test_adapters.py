@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fastddpm import GaussianDiffusion, Sampler
-from fastddpm.adapters import EpsModel, adapt, diffusion_from_diffusers, from_denoising_diffusion_pytorch
+from fastddpm.sampling.adapters import EpsModel, adapt, diffusion_from_diffusers, from_denoising_diffusion_pytorch
 from fastddpm.tolerances import FLOAT32_TRAJECTORY, PREDICTION_CONVERSION, assert_close
 
 from test_cli import assert_one_line_error, run_cli

@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from fastddpm import bench
+from fastddpm.bench import matrix as bench
 from fastddpm.bench import BenchSettings, parse_config, run_bench
 
 from test_cli import assert_one_line_error, run_cli
@@ -27,6 +27,7 @@ def test_settings_round_trip_and_validation():
     with pytest.raises(ValueError, match="unknown BenchSettings field"):
         BenchSettings.from_dict({"preset": "tiny", "batch": 3})
     assert parse_config("eager") == ("eager", "fp32") and parse_config("reference") == ("reference", "fp32")
+    assert BenchSettings(method="unipc").method == "unipc"  # every registered solver can be benchmarked
     # The oracle runs first whatever the order asked for, and each configuration once.
     assert BenchSettings(configs=("eager:fp32", "reference", "eager:fp32")).resolved_configs() == ("reference", "eager:fp32")
 

@@ -1,12 +1,12 @@
-"""Checkpoints: save → load bit-exact, seed-style state_dicts, clear errors, atomic writes, no unpickling."""
+"""Checkpoints: save → load bit-exact, reference-style state_dicts, clear errors, atomic writes, no unpickling."""
 
 import pytest
 import torch
 
 import fastddpm
-import fastddpm.checkpoint as ckpt
+import fastddpm.io.checkpoint as ckpt
 from fastddpm import DiffusionConfig, GaussianDiffusion, Unet, UnetConfig
-from fastddpm.checkpoint import CheckpointError, load, load_checkpoint, read_checkpoint, save
+from fastddpm.io.checkpoint import CheckpointError, load, load_checkpoint, read_checkpoint, save
 
 CFG = dict(dim=8, channels=1, dim_mults=(1, 2))
 
@@ -34,15 +34,15 @@ def test_save_load_bit_exact(tmp_path, model):
     assert not m2.training and d2.num_timesteps == 37
 
 
-def test_seed_style_state_dict_file(tmp_path, model):
-    torch.save(model.state_dict(), tmp_path / "seed.pt")
-    loaded, diffusion = load(tmp_path / "seed.pt", model_config=UnetConfig(**CFG))
+def test_reference_style_state_dict_file(tmp_path, model):
+    torch.save(model.state_dict(), tmp_path / "reference.pt")
+    loaded, diffusion = load(tmp_path / "reference.pt", model_config=UnetConfig(**CFG))
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
-    assert diffusion.config == DiffusionConfig()  # the seed's T=200 linear unless told otherwise
-    _, diffusion = load(tmp_path / "seed.pt", model_config=CFG, diffusion_config=DiffusionConfig(50, "sigmoid"))
+    assert diffusion.config == DiffusionConfig()  # the reference's T=200 linear unless told otherwise
+    _, diffusion = load(tmp_path / "reference.pt", model_config=CFG, diffusion_config=DiffusionConfig(50, "sigmoid"))
     assert diffusion.num_timesteps == 50
-    with pytest.raises(CheckpointError, match=r"seed.pt: a plain state_dict file carries no config"):
-        load(tmp_path / "seed.pt")
+    with pytest.raises(CheckpointError, match=r"reference.pt: a plain state_dict file carries no config"):
+        load(tmp_path / "reference.pt")
 
 
 def test_pickled_object_is_never_unpickled(tmp_path):
@@ -99,9 +99,7 @@ def test_crash_during_save_keeps_last_good_checkpoint(tmp_path, model, monkeypat
             f.write(b"half a checkp")
         raise OSError("disk full")
 
-    import safetensors.torch
-
-    monkeypatch.setattr(safetensors.torch, "save_file", crashing_save_file)
+    monkeypatch.setattr(ckpt, "save_file", crashing_save_file)  # the writer checkpoints use
     with pytest.raises(OSError, match="disk full"):
         save(path, Unet(**CFG), GaussianDiffusion(10))
     assert path.read_bytes() == before

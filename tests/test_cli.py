@@ -115,6 +115,7 @@ def small_run(tmp_path_factory):
         (["train", "--data", "{root}/d.npy", "--image-size", "8", "--lr", "-1"], "lr must be a positive number"),
         (["train", "--data", "{root}/d.npy", "--image-size", "8", "--dim", "7"], "dim must be even and >= 4"),
         (["sample", "--seed", str(2**64)], "expected a seed in [0, 2**63 - 1]"),
+        (["sample", "--method", "ddim", "--order", "2"], "order 2: 'ddim' has no order setting"),
     ],
 )
 def test_bad_input_one_line_exit_2(small_run, tmp_path, args, message):
@@ -153,7 +154,7 @@ def test_fit_timesteps_then_sample_with_them(tmp_path, small_unet, capsys):
         images = archive["arr_0"]
     torch.manual_seed(5)
     expected = Sampler(small_unet, GaussianDiffusion(50), **fit.sampler_kwargs()).sample(3, 8, 1, progress=False)
-    from fastddpm.fileio import to_uint8_images
+    from fastddpm.io.files import to_uint8_images
 
     np.testing.assert_array_equal(images, to_uint8_images(expected))
 
@@ -181,3 +182,29 @@ def test_fit_timesteps_then_sample_with_them(tmp_path, small_unet, capsys):
     (tmp_path / "foreign.json").write_text(foreign.to_json())
     assert "fitted for a model of 1000 timesteps" in error(*sample, str(tmp_path / "foreign.json"))
     assert "--out must end in .json" in error("fit-timesteps", "--steps", "4", "--out", str(tmp_path / "f.txt"))
+
+
+def test_sample_unipc_order_3_is_the_library_sampler(tmp_path, small_unet, capsys):
+    import torch
+
+    from fastddpm import GaussianDiffusion, Sampler, save
+    from fastddpm.io.files import to_uint8_images
+
+    checkpoint = tmp_path / "tiny.safetensors"
+    save(checkpoint, small_unet, GaussianDiffusion(50), image_size=8)
+    out = tmp_path / "u.npz"
+    assert main(["sample", "--checkpoint", str(checkpoint), "--method", "unipc", "--order", "3", "--steps", "5",
+                 "--num", "3", "--seed", "7", "--out", str(out), "--no-progress"]) == 0
+    with np.load(out) as archive:
+        images = archive["arr_0"]
+    torch.manual_seed(7)
+    expected = Sampler(small_unet, GaussianDiffusion(50), method="unipc", order=3, steps=5,
+                       spacing="logsnr").sample(3, 8, 1, progress=False)  # logsnr: the CLI's default spacing
+    np.testing.assert_array_equal(images, to_uint8_images(expected))
+    # An order the solver does not take is the solver's one-line error, exit 2.
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(checkpoint), "--method", "ddim", "--order", "2", "--out",
+                 str(tmp_path / "x.png")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "order 2: 'ddim' has no order setting" in lines[0], lines
+    assert not (tmp_path / "x.png").exists()

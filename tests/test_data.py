@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fastddpm.data import DataError, load_dataset
+from fastddpm.train.data import DataError, load_dataset
 
 
 def write_idx(path, images, magic=0x00000803, truncate=0):

@@ -4,13 +4,16 @@ import pytest
 import torch
 
 from fastddpm import GaussianDiffusion
-from fastddpm.oracle import GaussianMixture
-from fastddpm.schedules import ddim_coefficients, dpmsolver_coefficients, timestep_sequence
+from fastddpm.kernels.update_rows import Row
+from fastddpm.solvers.ddim import ddim_coefficients
+from fastddpm.solvers.dpmsolver import dpmsolver_coefficients
+from fastddpm.solvers.timesteps import timestep_sequence
 from fastddpm.tolerances import assert_close
+
+from solver_harness import T, mixture_setting, run_diffusers, run_plan
 
 diffusers = pytest.importorskip("diffusers")
 
-T = 1000
 # diffusers computes its tables in float32; ours are built in float64 from the same float32 betas, so the
 # two differ by float32 rounding of ᾱ (up to ~1e-6 relative), carried through 20 steps.
 AGREEMENT = 1e-5  # measured 1.0e-6 (DDIM) and 1.2e-6 (DPM-Solver++) over 20 steps
@@ -22,34 +25,7 @@ SAMPLER_AGREEMENT = 5e-5
 
 @pytest.fixture(scope="module")
 def setting():
-    diffusion = GaussianDiffusion(T)
-    means = torch.tensor([[-1.0, -1.0, 0.5, 0.0], [1.0, 0.8, -0.5, 0.2], [0.0, 1.0, 1.0, -1.0]])
-    mix = GaussianMixture(means, [0.1, 0.2, 0.05], [0.5, 0.3, 0.2], diffusion.alphas_cumprod, (1, 2, 2))
-    abar = torch.cumprod(1 - diffusion.betas.double(), 0)
-    x_T = torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(0))
-    return mix, abar, x_T
-
-
-def run_ours(mix, coefs, seq, x, multistep=False):
-    x = x.double()
-    x0_prev = x0_prev2 = torch.zeros_like(x)
-    for k, t in enumerate(seq):
-        eps = mix(x, torch.full((x.shape[0],), t)).double()
-        if multistep:
-            A, B, E, F, G = coefs[:5, k]
-            H = coefs[5, k] if coefs.shape[0] == 6 else 0.0
-            x, x0_prev, x0_prev2 = A * x + B * eps + E * x0_prev + H * x0_prev2, F * x + G * eps, x0_prev
-        else:
-            A, B, _ = coefs[:, k]
-            x = A * x + B * eps
-    return x
-
-
-def run_diffusers(mix, scheduler, x):
-    for t in scheduler.timesteps:
-        eps = mix(x, torch.full((x.shape[0],), int(t)))
-        x = scheduler.step(eps, t, x).prev_sample
-    return x
+    return mixture_setting()
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
@@ -67,7 +43,7 @@ def test_ddim_trajectory_matches_diffusers(setting):
     scheduler.set_timesteps(20)
     seq = timestep_sequence(T, 20, "leading")
     expected = run_diffusers(mix, scheduler, x_T.clone())
-    assert_close(run_ours(mix, ddim_coefficients(abar, seq, 0.0), seq, x_T), expected, rtol=AGREEMENT)
+    assert_close(run_plan(mix, ddim_coefficients(abar, seq, 0.0), seq, x_T), expected, rtol=AGREEMENT)
 
 
 def test_dpmsolver_trajectory_matches_diffusers(setting):
@@ -78,7 +54,7 @@ def test_dpmsolver_trajectory_matches_diffusers(setting):
     scheduler.set_timesteps(20)  # ≥ 15 steps: second order everywhere but the first and the last step
     seq = scheduler.timesteps.tolist()
     expected = run_diffusers(mix, scheduler, x_T.clone())
-    got = run_ours(mix, dpmsolver_coefficients(abar, seq), seq, x_T, multistep=True)
+    got = run_plan(mix, dpmsolver_coefficients(abar, seq), seq, x_T)
     assert_close(got, expected, rtol=AGREEMENT)
 
 
@@ -92,8 +68,8 @@ def test_dpmsolver_third_order_matches_diffusers(setting, steps):
     seq = scheduler.timesteps.tolist()
     expected = run_diffusers(mix, scheduler, x_T.clone())
     coefs = dpmsolver_coefficients(abar, seq, order=3)
-    assert coefs.shape == (6, steps) and (coefs[5] != 0).sum() == steps - (3 if steps < 15 else 2) - 1
-    assert_close(run_ours(mix, coefs, seq, x_T, multistep=True), expected, rtol=AGREEMENT)
+    assert (coefs[Row.HISTORY2] != 0).sum() == steps - (3 if steps < 15 else 2) - 1
+    assert_close(run_plan(mix, coefs, seq, x_T), expected, rtol=AGREEMENT)
 
 
 @pytest.mark.parametrize("spacing", ["logsnr", "trailing"])

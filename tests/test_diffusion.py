@@ -1,4 +1,5 @@
-"""The diffusion core against closed forms (float64 numpy) and against the seed's code under one seed."""
+"""The diffusion core against closed forms (float64 numpy) and against the reference's code
+(tests/reference_oracle.py) under one seed."""
 
 import math
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import seed_reference as seed
+import reference_oracle as oracle
 from fastddpm import (
     BETA_SCHEDULES,
     DiffusionConfig,
@@ -20,10 +21,10 @@ from fastddpm import (
 from fastddpm.tolerances import FLOAT32_SCHEDULE_TABLES, assert_close, tolerance
 
 SCHEDULE_FUNCTIONS = {
-    "linear": (linear_beta_schedule, seed.linear_beta_schedule),
-    "cosine": (cosine_beta_schedule, seed.cosine_beta_schedule),
-    "quadratic": (quadratic_beta_schedule, seed.quadratic_beta_schedule),
-    "sigmoid": (sigmoid_beta_schedule, seed.sigmoid_beta_schedule),
+    "linear": (linear_beta_schedule, oracle.linear_beta_schedule),
+    "cosine": (cosine_beta_schedule, oracle.cosine_beta_schedule),
+    "quadratic": (quadratic_beta_schedule, oracle.quadratic_beta_schedule),
+    "sigmoid": (sigmoid_beta_schedule, oracle.sigmoid_beta_schedule),
 }
 
 
@@ -64,7 +65,7 @@ def closed_form_tables(betas):
 # ----------------------------------------------------------------------------- schedules and tables
 @pytest.mark.parametrize("name", sorted(SCHEDULE_FUNCTIONS))
 @pytest.mark.parametrize("T", [2, 200, 1000])
-def test_schedule_closed_form_and_seed(name, T):
+def test_schedule_closed_form_and_reference(name, T):
     ours, theirs = SCHEDULE_FUNCTIONS[name]
     betas = ours(T)
     assert betas.dtype == torch.float32 and betas.shape == (T,)
@@ -88,15 +89,15 @@ def test_tables_closed_form(name, T):
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULE_FUNCTIONS))
-def test_tables_bit_exact_with_seed(name):
+def test_tables_bit_exact_with_reference(name):
     diffusion = GaussianDiffusion(200, name)
-    reference = seed.SeedDiffusion(200, betas=SCHEDULE_FUNCTIONS[name][1](200))
+    reference = oracle.ReferenceDiffusion(200, betas=SCHEDULE_FUNCTIONS[name][1](200))
     for table in GaussianDiffusion.TABLES:
         if hasattr(reference, table):
             assert torch.equal(getattr(diffusion, table), getattr(reference, table)), table
 
 
-def test_default_is_seed_schedule_and_terminal_signal():
+def test_default_is_reference_schedule_and_terminal_signal():
     diffusion = GaussianDiffusion()
     assert diffusion.num_timesteps == 200 and diffusion.timesteps == 200
     assert torch.equal(diffusion.betas, linear_beta_schedule(200))
@@ -166,13 +167,13 @@ def test_q_sample_statistics(t_value):
     assert abs(xt.var().item() - sd**2) < 6 * sd**2 * math.sqrt(2 / (n - 1))
 
 
-def test_q_sample_draws_like_seed():
+def test_q_sample_draws_like_reference():
     x0 = torch.randn(3, 1, 4, 4)
     t = torch.tensor([5, 0, 199])
     torch.manual_seed(11)
     ours = GaussianDiffusion(200).q_sample(x0, t)
     torch.manual_seed(11)
-    theirs = seed.SeedDiffusion(200).q_sample(x0, t)
+    theirs = oracle.ReferenceDiffusion(200).q_sample(x0, t)
     assert torch.equal(ours, theirs)
 
 
@@ -188,7 +189,7 @@ def test_bad_t_rejected():
 # ----------------------------------------------------------------------------- posterior
 def gaussian_product_posterior(betas, x0, xt, t):
     """q(x_{t−1}|x_t,x_0) ∝ N(x_t; √α_t x_{t−1}, β_t) · N(x_{t−1}; √ᾱ_{t−1} x_0, 1−ᾱ_{t−1}), completed
-    square by square (the seed's section 二): precision = α_t/β_t + 1/(1−ᾱ_{t−1}),
+    square by square (section 二 of the reference write-up): precision = α_t/β_t + 1/(1−ᾱ_{t−1}),
     mean = variance·(√α_t·x_t/β_t + √ᾱ_{t−1}·x_0/(1−ᾱ_{t−1}))."""
     tab = closed_form_tables(betas)
     alpha, beta, abar_prev = tab["alphas"][t], tab["betas"][t], tab["alphas_cumprod_prev"][t]
@@ -235,7 +236,7 @@ def test_eq11_mean_with_true_noise_is_posterior_mean(t_value):
     assert_close(eq11, posterior_mean, torch.float64)
 
 
-def test_float64_tables_agree_with_seed_tables():
+def test_float64_tables_agree_with_reference_tables():
     single, double = GaussianDiffusion(200), GaussianDiffusion(200, dtype=torch.float64)
     assert torch.equal(double.betas, single.betas.double())
     for table in GaussianDiffusion.TABLES:
@@ -304,7 +305,7 @@ def test_unknown_loss_rejected():
         GaussianDiffusion(10).p_losses(ConstantModel(torch.zeros(1)), torch.zeros(1, 1, 2, 2), torch.tensor([0]), loss_type="l3")
 
 
-def test_p_losses_matches_seed_under_same_seed():
+def test_p_losses_matches_reference_under_same_seed():
     torch.manual_seed(0)
     model = Unet(dim=8, channels=1, dim_mults=(1, 2))
     x0 = torch.randn(3, 1, 8, 8)
@@ -313,7 +314,7 @@ def test_p_losses_matches_seed_under_same_seed():
         torch.manual_seed(5)
         ours = GaussianDiffusion(200).p_losses(model, x0, t, loss_type=loss_type)
         torch.manual_seed(5)
-        theirs = seed.SeedDiffusion(200).p_losses(model, x0, t, loss_type=loss_type)
+        theirs = oracle.ReferenceDiffusion(200).p_losses(model, x0, t, loss_type=loss_type)
         assert torch.equal(ours, theirs), loss_type
 
 
@@ -321,21 +322,21 @@ def test_p_losses_matches_seed_under_same_seed():
 def _tiny_pair(cfg=None):
     cfg = cfg or dict(dim=8, channels=1, dim_mults=(1, 2))
     torch.manual_seed(3)
-    reference = seed.Unet(**cfg).eval()
+    reference = oracle.Unet(**cfg).eval()
     model = Unet(**cfg).eval()
     model.load_state_dict(reference.state_dict(), strict=True)
     return model, reference
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "quadratic", "sigmoid"])
-def test_p_sample_loop_same_samples_and_rng_order_as_seed(schedule):
+def test_p_sample_loop_same_samples_and_rng_order_as_reference(schedule):
     T = 12
     model, reference = _tiny_pair()
     torch.manual_seed(2024)
     ours = GaussianDiffusion(T, schedule).p_sample_loop(model, (2, 1, 8, 8), progress=False)
     ours_rng = torch.get_rng_state()
     torch.manual_seed(2024)
-    theirs = seed.SeedDiffusion(T, betas=SCHEDULE_FUNCTIONS[schedule][1](T)).p_sample_loop(reference, (2, 1, 8, 8))
+    theirs = oracle.ReferenceDiffusion(T, betas=SCHEDULE_FUNCTIONS[schedule][1](T)).p_sample_loop(reference, (2, 1, 8, 8))
     assert len(ours) == len(theirs) == T
     for step, (a, b) in enumerate(zip(ours, theirs)):
         assert isinstance(a, np.ndarray) and a.dtype == np.float32
@@ -344,12 +345,12 @@ def test_p_sample_loop_same_samples_and_rng_order_as_seed(schedule):
     assert torch.equal(ours_rng, torch.get_rng_state())
 
 
-def test_full_200_step_sample_matches_seed():
+def test_full_200_step_sample_matches_reference():
     model, reference = _tiny_pair(dict(dim=8, channels=3, dim_mults=(1, 2), use_convnext=False, resnet_block_groups=4))
     torch.manual_seed(99)
     ours = GaussianDiffusion(200).sample(model, image_size=4, batch_size=2, channels=3, progress=False)
     torch.manual_seed(99)
-    theirs = seed.SeedDiffusion(200).sample(reference, image_size=4, batch_size=2, channels=3)
+    theirs = oracle.ReferenceDiffusion(200).sample(reference, image_size=4, batch_size=2, channels=3)
     np.testing.assert_array_equal(ours[-1], theirs[-1])
     assert len(ours) == 200
 

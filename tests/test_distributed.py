@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fastddpm import GaussianDiffusion, save
-from fastddpm.distributed import read_manifest
+from fastddpm.io.shards import read_manifest
 
 from test_cli import assert_one_line_error
 
@@ -74,7 +74,7 @@ def test_ddp_training_matches_one_process_and_resumes_at_another_world_size(tmp_
     assert result.returncode == 0, result.stderr
     result = run(common + ["--steps", 4, "--out-dir", tmp_path / "ddp"], torchrun=True)
     assert result.returncode == 0, result.stderr
-    from fastddpm.checkpoint import read_checkpoint
+    from fastddpm.io.checkpoint import read_checkpoint
     from fastddpm.tolerances import DDP_GRADIENT_AVERAGING, assert_close
 
     single, _ = read_checkpoint(tmp_path / "single" / "checkpoint.safetensors")
@@ -109,7 +109,7 @@ def test_ddp_training_matches_one_process_and_resumes_at_another_world_size(tmp_
 
 def test_shard_settings_round_trip_and_torchrun_needs_out_dir(small_unet, tmp_path, checkpoint):
     from fastddpm import Sampler
-    from fastddpm.distributed import sample_shards
+    from fastddpm.io.shards import sample_shards
 
     sampler = Sampler(small_unet, GaussianDiffusion(50), method="ddim", steps=2)
     kwargs = dict(image_size=8, channels=1, shard_size=2, batch_size=2, progress=False, settings={"dims": (1, 2)})

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from fastddpm import GaussianDiffusion, Sampler, Unet
-from fastddpm.oracle import GaussianMixture, evaluate
-from fastddpm.schedules import SPACINGS, ddim_coefficients, timestep_sequence
+from fastddpm.eval.oracle import GaussianMixture, evaluate
+from fastddpm.kernels.update_rows import Row
+from fastddpm.solvers.ddim import ddim_coefficients
+from fastddpm.solvers.timesteps import SPACINGS, timestep_sequence
 from fastddpm.tolerances import FLOAT32_TRAJECTORY, assert_close
 
 
@@ -67,13 +69,18 @@ def test_ddim_coefficients_closed_form():
     seq = timestep_sequence(1000, 20, "trailing")
     x, eps, z = (torch.randn(20, dtype=torch.float64) for _ in range(3))
     for eta in (0.0, 0.3, 1.0):
-        A, B, C = ddim_coefficients(abar, seq, eta)
+        rows = torch.from_numpy(ddim_coefficients(abar, seq, eta))
+        C = rows[Row.NOISE]
+        assert not rows[Row.HISTORY1:].any()
         a_t = abar[seq]
         a_p = torch.cat([abar[seq[1:]], torch.ones(1, dtype=torch.float64)])
         x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
         sigma = eta * ((1 - a_p) / (1 - a_t)).sqrt() * (1 - a_t / a_p).sqrt()
         expected = a_p.sqrt() * x0 + (1 - a_p - sigma**2).clamp_min(0).sqrt() * eps + sigma * z
-        assert_close(A * x + B * eps + C * z, expected, torch.float64)
+        x0_rows = rows[Row.X0_FROM_X] * x + rows[Row.X0_FROM_EPS] * eps
+        assert_close(x0_rows, x0, torch.float64)
+        got = rows[Row.X] * x + rows[Row.EPS] * eps + rows[Row.X0] * x0_rows + C * z
+        assert_close(got, expected, torch.float64)
         if eta == 1.0:  # the respaced ancestral step: C² is the posterior variance of the respaced chain
             beta = 1 - a_t / a_p
             assert_close(C**2, (1 - a_p) / (1 - a_t) * beta, torch.float64)
@@ -88,7 +95,7 @@ def test_ddim_eta1_full_chain_is_the_ancestral_reference(small_unet):
     torch.manual_seed(5)
     _, trajectory = Sampler(small_unet, diffusion, method="ddim", eta=1.0).sample(
         3, 8, 1, return_trajectory=True, progress=False, clip=False)
-    # Same noise in the same order; coefficients built in float64 instead of the seed's float32 tables.
+    # Same noise in the same order; coefficients built in float64 instead of the reference's float32 tables.
     assert_close(trajectory, torch.from_numpy(expected), rtol=1e-5)
 
 
@@ -161,15 +168,24 @@ def test_ddim_improves_with_steps_and_converges(mixture):
 
 # ----------------------------------------------------------------------------- DPM-Solver++(2M)
 def test_dpmsolver_coefficients_closed_form():
-    from fastddpm.schedules import dpmsolver_coefficients
+    from fastddpm.solvers.dpmsolver import dpmsolver_coefficients
 
     abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
     seq = timestep_sequence(1000, 12, "trailing")
-    A, B, E, F, G = dpmsolver_coefficients(abar, seq)
-    ddim = ddim_coefficients(abar, seq, 0.0)
-    # First order (the first step, and the last, which lands on x_0) is DDIM with η = 0.
+    rows = torch.from_numpy(dpmsolver_coefficients(abar, seq))
+    A, B, W, E, F, G = (rows[r] for r in (Row.X, Row.EPS, Row.X0, Row.HISTORY1, Row.X0_FROM_X, Row.X0_FROM_EPS))
+    assert not rows[Row.NOISE].any() and not rows[Row.HISTORY2:].any()
+    ddim = torch.from_numpy(ddim_coefficients(abar, seq, 0.0))
+    # First order (the first step, and the last, which lands on x_0) is DDIM with η = 0: the same update
+    # of any (x, ε̂), though DPM-Solver++ weighs x where DDIM weighs ε̂.
+    x, eps = torch.randn(2, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+
+    def update(c, i):
+        x0 = c[Row.X0_FROM_X, i] * x + c[Row.X0_FROM_EPS, i] * eps
+        return c[Row.X, i] * x + c[Row.EPS, i] * eps + c[Row.X0, i] * x0
+
     for i in (0, len(seq) - 1):
-        assert_close(torch.stack([A[i], B[i]]), ddim[:2, i], torch.float64)
+        assert_close(update(rows, i), update(ddim, i), torch.float64)
         assert E[i] == 0
     # A middle step against the paper's second-order multistep formula, term by term.
     alpha, sigma = abar[seq].sqrt(), (1 - abar[seq]).sqrt()
@@ -182,7 +198,7 @@ def test_dpmsolver_coefficients_closed_form():
         r = (lam[i] - lam[i - 1]) / h
         D = (1 + 1 / (2 * r)) * x0 - x0_prev / (2 * r)
         expected = sigma[i + 1] / sigma[i] * x - alpha[i + 1] * torch.expm1(-h) * D
-        assert_close(A[i] * x + B[i] * eps + E[i] * x0_prev, expected, torch.float64)
+        assert_close(A[i] * x + B[i] * eps + W[i] * x0 + E[i] * x0_prev, expected, torch.float64)
 
 
 def test_dpmsolver_improves_with_steps_and_converges(mixture):
@@ -231,7 +247,8 @@ def test_dpmsolver_draws_no_noise_after_x_T(small_unet):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,order", [("ddim", 2), ("dpmsolver++", 2), ("dpmsolver++", 3)])
+@pytest.mark.parametrize("method,order", [("ddim", None), ("dpmsolver++", 2), ("dpmsolver++", 3), ("unipc", 2),
+                                          ("unipc", 3)])
 def test_few_step_methods_on_compile_backend_match_eager(small_unet, method, order):
     diffusion = GaussianDiffusion(200)
     kwargs = dict(method=method, steps=10, spacing="logsnr", order=order)
@@ -241,7 +258,8 @@ def test_few_step_methods_on_compile_backend_match_eager(small_unet, method, ord
     assert_close(compiled, eager, rtol=FLOAT32_TRAJECTORY)
 
 
-@pytest.mark.parametrize("method,order", [("ddim", 2), ("dpmsolver++", 2), ("dpmsolver++", 3)])
+@pytest.mark.parametrize("method,order", [("ddim", None), ("dpmsolver++", 2), ("dpmsolver++", 3), ("unipc", 2),
+                                          ("unipc", 3)])
 def test_few_step_updates_through_triton_kernels_match_torch_twins(small_unet, method, order):
     # Every few-step update is one fused op: the Triton kernel (interpreted on CPU) over a whole sample
     # against the torch twin, same x_T (torch noise; η = 0 draws nothing after it).
@@ -255,10 +273,12 @@ def test_few_step_updates_through_triton_kernels_match_torch_twins(small_unet, m
 
 def test_order_is_checked(small_unet):
     diffusion = GaussianDiffusion(200)
-    with pytest.raises(ValueError, match="order 3: 'dpmsolver\\+\\+' takes order 2"):
+    with pytest.raises(ValueError, match="order 3: 'ddim' has no order setting"):
         Sampler(small_unet, diffusion, method="ddim", steps=10, order=3)
-    with pytest.raises(ValueError, match="order 4"):
+    with pytest.raises(ValueError, match="order 4: 'dpmsolver\\+\\+' takes order 2 or 3"):
         Sampler(small_unet, diffusion, method="dpmsolver++", steps=10, order=4)
+    with pytest.raises(ValueError, match="order 4: 'unipc' takes order 1 or 2 or 3"):
+        Sampler(small_unet, diffusion, method="unipc", steps=10, order=4)
 
 
 # ----------------------------------------------------------------------------- explicit and fitted timesteps

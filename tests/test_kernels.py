@@ -9,6 +9,7 @@ import torch
 from conftest import DEVICE
 from fastddpm import GaussianDiffusion, Unet
 from fastddpm.kernels import ddpm_step, linear_attention, q_sample, randn_philox, resolve_impl
+from fastddpm.kernels.update_rows import NUM_ROWS
 from fastddpm.kernels.ddpm_step import fused as step_fused
 from fastddpm.kernels.ddpm_step import naive as step_naive
 from fastddpm.kernels.linear_attention import fused as attn_fused
@@ -18,7 +19,7 @@ from fastddpm.kernels.noise import naive as noise_naive
 from fastddpm.kernels.q_sample import fused as q_fused
 from fastddpm.kernels.q_sample import naive as q_naive
 from fastddpm.tolerances import FLOAT32_REASSOCIATED_NETWORK, PHILOX_NORMALS_ACROSS_BACKENDS, assert_close, tolerance
-from fastddpm.unet import LinearAttention, set_linear_attention_kernel
+from fastddpm.reference.unet import LinearAttention, set_linear_attention_kernel
 
 pytest.importorskip("triton")
 
@@ -113,11 +114,10 @@ def test_ddpm_step_kernel_philox_matches_twin(diffusion, shape):
 
 # ----------------------------------------------------------------------------- the linear (DDIM) update
 def ddim_table(diffusion, steps=10, eta=0.5):
-    from fastddpm.schedules import ddim_coefficients, timestep_sequence
+    from fastddpm.solvers import build_plan
 
-    seq = timestep_sequence(T, steps, "trailing")
-    coefs = ddim_coefficients(torch.cumprod(1 - diffusion.betas.double().cpu(), 0), seq, eta)
-    return coefs.float().to(DEVICE), torch.tensor(seq, device=DEVICE)
+    plan = build_plan(diffusion, "ddim", steps, "trailing", eta=eta)
+    return plan.table(DEVICE), torch.tensor(plan.timesteps, device=DEVICE)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -143,33 +143,35 @@ def test_linear_step_kernel_matches_twin(diffusion, dtype, shape, noise_source):
     assert_close(out, expected, rtol=tolerance_for(noise_source))
 
 
-@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("solver", [("dpmsolver++", 2), ("dpmsolver++", 3), ("unipc", 3)], ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_multistep_update_kernel_matches_twin(diffusion, dtype, shape, order):
+def test_multistep_update_kernel_matches_twin(diffusion, dtype, shape, solver):
     from fastddpm.kernels.multistep_update import fused as ms_fused
     from fastddpm.kernels.multistep_update import naive as ms_naive
-    from fastddpm.schedules import dpmsolver_coefficients, timestep_sequence
+    from fastddpm.kernels.update_rows import HISTORY_ROWS
+    from fastddpm.solvers import build_plan
 
-    seq = timestep_sequence(T, 10, "trailing")
-    abar = torch.cumprod(1 - diffusion.betas.double().cpu(), 0)
-    coefs = dpmsolver_coefficients(abar, seq, order=order).float().to(DEVICE)
-    assert coefs.shape[0] == order + 3 and (order == 2 or coefs[5].abs().max() > 0)  # row D is live at order 3
+    plan = build_plan(diffusion, solver[0], 10, "trailing", order=solver[1])
+    coefs = plan.table(DEVICE)
+    assert 1 <= plan.histories <= 3
     g = torch.Generator(device=DEVICE).manual_seed(3)
-    x, x0_prev, x0_prev2 = (torch.randn(shape, generator=g, device=DEVICE) for _ in range(3))
-    x0_prev2 = x0_prev2 if order == 3 else None
+    x = torch.randn(shape, generator=g, device=DEVICE)
+    history = [torch.randn(shape, generator=g, device=DEVICE) for _ in range(plan.histories)]
     eps = torch.randn(shape, generator=g, device=DEVICE).to(dtype)
-    # Step indices from 2 on: the first sample takes a step whose third-order weight is live.
-    k = (torch.arange(shape[0], device=DEVICE) + 2) % coefs.shape[1]
+    # Step indices from 3 on: the first sample takes a step whose oldest history weight is live.
+    k = (torch.arange(shape[0], device=DEVICE) + 3) % coefs.shape[1]
     out, x0 = poisoned_like(x), poisoned_like(x)
-    ms_fused.multistep_update_triton(x, eps, x0_prev, k, coefs, x0_prev2, out=out, x0_out=x0)
+    ms_fused.multistep_update_triton(x, eps, k, coefs, history, out=out, x0_out=x0)
     assert not out.isnan().any() and not x0.isnan().any()
-    expected_out, expected_x0 = ms_naive.multistep_update(x, eps, x0_prev, k, coefs, x0_prev2)
+    expected_out, expected_x0 = ms_naive.multistep_update(x, eps, k, coefs, history)
     assert_close(out, expected_out, torch.float32)
     assert_close(x0, expected_x0, torch.float32)
-    if order == 3:  # the third-order term is really applied: dropping it changes the result
-        second, _ = ms_naive.multistep_update(x, eps, x0_prev, k, coefs[:5])
-        assert coefs[5, k[0]] != 0 and not torch.allclose(out[0], second[0])
+    # The oldest history term is really applied: dropping it changes the result.
+    oldest = HISTORY_ROWS[plan.histories - 1]
+    assert coefs[oldest, k[0]] != 0
+    fewer, _ = ms_naive.multistep_update(x, eps, k, coefs, history[:-1]) if plan.histories > 1 else (x, None)
+    assert not torch.allclose(out[0], fewer[0])
 
 
 def tolerance_for(noise_source):
@@ -323,9 +325,11 @@ def test_kernel_ops_registered_for_torch_compile(diffusion):
     torch.library.opcheck(ops.ddpm_step, (x, x, t, table, None, torch.tensor([1, 2]), "torch"))
     torch.library.opcheck(ops.q_sample, (x, t, x, table[0], table[1], "torch"))
     torch.library.opcheck(ops.linear_attention, (torch.randn(1, 24, 3, 3), 2, 0.5, "torch"))
-    torch.library.opcheck(ops.linear_step, (x, x, t, table[:3].contiguous(), t, x, None, "torch"))
-    torch.library.opcheck(ops.multistep_update, (x, x, x, t, torch.cat([table, table[:1]]), None, "torch"))
-    torch.library.opcheck(ops.multistep_update, (x, x, x, t, torch.cat([table, table[:2]]), x, "torch"))
+    rows = torch.randn(NUM_ROWS, table.shape[1])  # any (NUM_ROWS, S) float32 table
+    torch.library.opcheck(ops.linear_step, (x, x, t, rows, t, x, None, "torch"))
+    torch.library.opcheck(ops.multistep_update, (x, x, t, rows, x, None, None, "torch"))
+    torch.library.opcheck(ops.multistep_update, (x, x, t, rows, x, x, None, "torch"))
+    torch.library.opcheck(ops.multistep_update, (x, x, t, rows, x, x, x, "torch"))
     torch.library.opcheck(ops.randn_philox, (torch.tensor([1, 2]), torch.tensor([3, 3]), [1, 4, 4], "torch"))
 
     def step(x, eps, t, z):

@@ -14,8 +14,8 @@ onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed")
 ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 
 from fastddpm import GaussianDiffusion, OnnxModelError, OrtSampler, Sampler, UnetConfig, save  # noqa: E402
-from fastddpm.onnx_export import OPSET, export_onnx, export_onnx_sampler, read_onnx  # noqa: E402
-from fastddpm.ort_sampler import CPU, default_providers  # noqa: E402
+from fastddpm.onnx import OPSET, export_onnx, export_onnx_sampler, read_onnx  # noqa: E402
+from fastddpm.onnx import CPU, default_providers  # noqa: E402
 from fastddpm.tolerances import FLOAT16_NETWORK, ONNX_RUNTIME_FLOAT32, assert_close, relative_error  # noqa: E402
 
 from test_cli import assert_one_line_error, run_cli  # noqa: E402
@@ -137,7 +137,9 @@ SAMPLERS = [
     dict(method="ddim", steps=6, spacing="trailing"),
     dict(method="dpmsolver++", steps=6, spacing="logsnr"),
     dict(method="dpmsolver++", steps=6, spacing="logsnr", order=3),  # reads the x̂_0 of two steps back too
-    dict(method="dpmsolver++", spacing=[19, 14, 9, 4, 2], order=3),  # explicit (e.g. fitted) timesteps
+    dict(method="dpmsolver++", timesteps=[19, 14, 9, 4, 2], order=3),  # explicit (e.g. fitted) timesteps
+    dict(method="unipc", steps=6, spacing="logsnr"),  # predictor-corrector, order 2: two histories
+    dict(method="unipc", steps=7, spacing="trailing", order=3),  # three histories
 ]
 
 
@@ -230,7 +232,7 @@ def test_bad_files_give_clear_errors(exported, tmp_path):
 
 
 def _with_metadata(source, target, change):
-    from fastddpm.onnx_export import METADATA_KEY
+    from fastddpm.onnx import METADATA_KEY
 
     proto = onnx.load(str(source))
     entry = next(p for p in proto.metadata_props if p.key == METADATA_KEY)
@@ -309,7 +311,7 @@ def test_cli_export_and_sample(model, diffusion, tmp_path):
                      "--num", "2", "--out", str(tmp_path / "fit.npz"), "--no-progress")
     assert result.returncode == 0, result.stderr
     # The fit's timesteps are the ones sampled (the CLI draws from numpy's generator seeded with --seed 0).
-    from fastddpm.fileio import to_uint8_images
+    from fastddpm.io.files import to_uint8_images
 
     expected = OrtSampler(tmp_path / "eps.onnx", method="dpmsolver++", spacing=(t for t in (19, 9, 2))).sample(
         2, seed=np.random.default_rng(0), progress=False)

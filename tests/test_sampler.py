@@ -237,8 +237,8 @@ def test_cudagraph_matches_eager_on_cuda(noise):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("method,steps,order", [("ddim", 20, 2), ("dpmsolver++", 20, 2), ("dpmsolver++", 20, 3),
-                                                ("ddpm", 25, 2)])
+@pytest.mark.parametrize("method,steps,order", [("ddim", 20, None), ("dpmsolver++", 20, 2), ("dpmsolver++", 20, 3),
+                                                ("unipc", 20, 3), ("ddpm", 25, None)])
 def test_few_step_methods_on_cudagraph_match_eager(method, steps, order):
     torch.manual_seed(0)
     model = Unet(dim=16, channels=1, dim_mults=(1, 2)).cuda().eval()

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from fastddpm import DiffusionConfig, UnetConfig
-from fastddpm.checkpoint import CheckpointError, read_checkpoint
-from fastddpm.train import TrainConfig, Trainer
+from fastddpm.io.checkpoint import CheckpointError, read_checkpoint
+from fastddpm.train.trainer import TrainConfig, Trainer
 
 
 def tiny_data(n=32, size=8):

@@ -1,4 +1,4 @@
-"""The reference U-Net against the seed's code (tests/seed_reference.py) and SPEC.md's facts."""
+"""The reference U-Net against the reference's code (tests/reference_oracle.py) and SPEC.md's facts."""
 
 import math
 
@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-import seed_reference as seed
+import reference_oracle as oracle
 from conftest import UNET_CONFIGS
 from fastddpm import Unet, UnetConfig
 from fastddpm.tolerances import assert_close
-from fastddpm.unet import SinusoidalPositionEmbeddings
+from fastddpm.reference.unet import SinusoidalPositionEmbeddings
 
 
 def _size_for(cfg):
@@ -18,9 +18,9 @@ def _size_for(cfg):
 
 
 @pytest.mark.parametrize("name", sorted(UNET_CONFIGS))
-def test_state_dict_layout_matches_seed(name):
+def test_state_dict_layout_matches_reference(name):
     cfg = UNET_CONFIGS[name]
-    ours, theirs = Unet(**cfg).state_dict(), seed.Unet(**cfg).state_dict()
+    ours, theirs = Unet(**cfg).state_dict(), oracle.Unet(**cfg).state_dict()
     assert list(ours) == list(theirs)  # same names in the same order
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
     assert sum(v.numel() for v in ours.values()) == sum(v.numel() for v in theirs.values())
@@ -40,16 +40,16 @@ def test_same_seed_same_initial_weights(name):
     torch.manual_seed(123)
     ours = Unet(**cfg).state_dict()
     torch.manual_seed(123)
-    theirs = seed.Unet(**cfg).state_dict()
+    theirs = oracle.Unet(**cfg).state_dict()
     for key in theirs:
         assert torch.equal(ours[key], theirs[key]), key
 
 
 @pytest.mark.parametrize("name", sorted(UNET_CONFIGS))
-def test_seed_state_dict_loads_strict_and_forward_matches(name):
+def test_reference_state_dict_loads_strict_and_forward_matches(name):
     cfg = UNET_CONFIGS[name]
     torch.manual_seed(7)
-    reference = seed.Unet(**cfg).eval()
+    reference = oracle.Unet(**cfg).eval()
     # Perturb the norms' affine parameters away from 1/0 so they matter in the comparison.
     with torch.no_grad():
         for key, value in reference.state_dict().items():
@@ -71,7 +71,7 @@ def test_seed_state_dict_loads_strict_and_forward_matches(name):
 def test_forward_non_square_and_batch_one():
     cfg = UNET_CONFIGS["convnext-fashion"]
     torch.manual_seed(0)
-    reference = seed.Unet(**cfg).eval()
+    reference = oracle.Unet(**cfg).eval()
     model = Unet(**cfg).eval()
     model.load_state_dict(reference.state_dict())
     x = torch.randn(1, 1, 12, 20)
@@ -80,10 +80,10 @@ def test_forward_non_square_and_batch_one():
         assert_close(model(x, t), reference(x, t), torch.float32)
 
 
-def test_gradients_match_seed():
+def test_gradients_match_reference():
     cfg = UNET_CONFIGS["resnet-rgb"]
     torch.manual_seed(1)
-    reference = seed.Unet(**cfg)
+    reference = oracle.Unet(**cfg)
     model = Unet(**cfg)
     model.load_state_dict(reference.state_dict())
     x = torch.randn(2, 3, 16, 16)

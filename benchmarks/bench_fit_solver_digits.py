@@ -1,0 +1,85 @@
+"""Fitted solvers on the bundled digits model against the named settings and the 1000-step ancestral
+sampler (a benchmark, not a test).
+
+For each step count: ``fastddpm.fit.solver.fit_solver`` on the bundled model (fit and held-out batches:
+philox seeds from 100000 on), then ``--num`` samples (seeds 0…num−1, never seen by the fit) from the
+fitted solver, from named settings at the same count and from the ancestral sampler over all 1000 steps.
+Scores: the share a held-out digits classifier recognises confidently (``digits_score``) and the Fréchet
+distance of the samples' 8×8-pooled pixels to real digits (the classifier's training split), beside the
+same distance for as many real held-out digits (the floor: what a perfect sampler scores at this count).
+
+    python benchmarks/bench_fit_solver_digits.py [--steps 5 10] [--num 256] [--out benchmarks/results/fit-solver-digits.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from common import append_rows, environment  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, nargs="+", default=[5, 10])
+    parser.add_argument("--num", type=int, default=256)
+    parser.add_argument("--fit-batch", type=int, default=64)
+    parser.add_argument("--iterations", type=int, default=150)
+    parser.add_argument("--no-ancestral", action="store_true", help="skip the 1000-step baseline (minutes)")
+    parser.add_argument("--save-fits", default="", help="folder to write each fit's JSON into")
+    parser.add_argument("--out", default="benchmarks/results/fit-solver-digits.csv")
+    args = parser.parse_args(argv)
+
+    import fastddpm
+    from fastddpm import Sampler
+    from fastddpm.eval.quality import digits_score, frechet_distance, pooled_pixels, real_digits
+    from fastddpm.fit.solver import fit_solver
+
+    model, diffusion = fastddpm.load()
+    reference, heldout = real_digits()
+    floor = frechet_distance(heldout[: args.num], reference)
+    env = environment("cpu")
+    rows = []
+    print(f"real held-out digits ({min(args.num, len(heldout))}): Fréchet distance to the reference split {floor:.4f}")
+    print("| sampler | evaluations | confident | classes | Fréchet (pooled pixels) | seconds |")
+    print("|---|---|---|---|---|---|")
+
+    def score(label, steps, sampler=None, extra=None):
+        started = time.perf_counter()
+        images = sampler.sample(args.num, 16, 1, seed=0, noise="philox", progress=False)
+        seconds = time.perf_counter() - started
+        result = digits_score(images)
+        fd = frechet_distance(pooled_pixels(images), reference)
+        print(f"| {label} | {steps} | {result['confident']:.3f} | {result['classes']} | {fd:.4f} | {seconds:.1f} |",
+              flush=True)
+        rows.append({**env, "sampler": label, "evaluations": steps, "num": args.num, **result,
+                     "frechet_pooled": round(fd, 5), "frechet_floor": round(floor, 5), "seconds": round(seconds, 2),
+                     **(extra or {})})
+
+    if not args.no_ancestral:
+        score("ancestral (ddpm, all steps)", diffusion.num_timesteps, Sampler(model, diffusion))
+    for steps in args.steps:
+        fit = fit_solver(model, diffusion, steps, image_size=16, channels=1, fit_batch=args.fit_batch,
+                         teacher_steps=100, iterations=args.iterations, seed=100000, progress=True)
+        print(f"fitted {fit.method} from {fit.start} at {steps} steps in {fit.seconds:.0f} s: timesteps "
+              f"{list(fit.timesteps)}, held-out distance to the teacher {fit.heldout_start_error:.4f} -> "
+              f"{fit.heldout_error:.4f}", flush=True)
+        if args.save_fits:
+            with open(f"{args.save_fits}/fit-solver-{steps}.json", "w") as f:
+                f.write(fit.to_json() + "\n")
+        score(f"fitted solver ({fit.method} from {fit.start})", steps, Sampler(model, diffusion, **fit.sampler_kwargs(
+            model, diffusion)), {"fit_seconds": round(fit.seconds, 1), "heldout_teacher_distance": json.dumps(
+                [round(fit.heldout_start_error, 5), round(fit.heldout_error, 5)])})
+        for method in ("dpmsolver++", "unipc"):
+            for spacing in ("trailing", "logsnr"):
+                score(f"{method} ({spacing})", steps, Sampler(model, diffusion, method=method, steps=steps,
+                                                               spacing=spacing))
+    append_rows(args.out, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""``fastddpm export``: a checkpoint's ε-U-Net, or its whole sampler as one ONNX Loop, to an .onnx file."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..io.checkpoint import load_checkpoint
+from ..onnx import OnnxModelError, export_onnx, export_onnx_sampler
+from ..onnx.metadata import PRECISIONS
+from .common import NEEDS_ONNX, CLIError, image_size, one_line, out_file, positive_int
+from .solver import add_sampler_arguments, check_fit_matches, sampler_settings
+
+
+def register(sub) -> None:
+    parser = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX (the ε-U-Net, or the whole sampler as one ONNX Loop)",
+        description="Export the ε-U-Net of a checkpoint to ONNX (inputs x float32 and t int64, dynamic batch and "
+        "size, the diffusion in the metadata), or with --sampler the whole sampler as one model (inputs x_T "
+        "and, for stochastic samplers, noise).",
+    )
+    parser.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the bundled digits model)")
+    parser.add_argument("--out", required=True, help="output .onnx file")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp16: float16 weights and activations, float32 inputs and outputs (default fp32)")
+    parser.add_argument("--image-size", type=positive_int, help="default sample size (default: the training size)")
+    parser.add_argument("--static-size", action="store_true", help="fix height and width (default: dynamic)")
+    parser.add_argument("--sampler", action="store_true",
+                        help="export the whole sampler (--method, --steps, --spacing, --eta, --order or "
+                        "--timesteps) as one ONNX Loop")
+    add_sampler_arguments(parser)
+    parser.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> None:
+    out = out_file(args.out, ".onnx")
+    if not args.sampler and any(v is not None for v in (args.method, args.steps, args.eta, args.spacing,
+                                                        args.order, args.timesteps, args.solver)):
+        raise CLIError("--method/--steps/--eta/--spacing/--order/--timesteps/--solver choose the sampler of an "
+                       "--sampler export")
+    try:
+        # The "onnx" extra: fastddpm.onnx imports these lazily, so check here, before any work.
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401  (torch.onnx.export(dynamo=True) needs it)
+    except ImportError:
+        raise CLIError(NEEDS_ONNX) from None
+    loaded = load_checkpoint(args.checkpoint)
+    check_fit_matches(args, loaded.diffusion, loaded.model)
+    size = image_size(args, loaded)
+    common = dict(diffusion=loaded.diffusion, image_size=size, precision=args.precision,
+                  dynamic_size=not args.static_size)
+    try:
+        if args.sampler:
+            export_onnx_sampler(loaded.model, out, **common, **sampler_settings(args))
+        else:
+            export_onnx(loaded.model, out, **common)
+    except (OnnxModelError, ValueError, RuntimeError) as exc:
+        raise CLIError(one_line(exc)) from None
+    what = "sampler" if args.sampler else "ε-model"
+    print(f"wrote the {what} ({args.precision}, {size}x{size}) to {out}")

@@ -1,0 +1,239 @@
+"""``fastddpm sample``: images from a checkpoint, a diffusers folder or an ONNX export, as a PNG grid, a
+uint8 .npz, or (--out-dir, under torchrun too) resumable shards."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..bench.settings import PRECISIONS
+from ..io.checkpoint import bundled_model_path, load_checkpoint
+from ..io.files import atomic_path, save_image_grid, to_uint8_images
+from ..io.shards import ShardError, rank_and_world, sample_shards
+from ..onnx import CPU, CUDA, OnnxModelError, OrtSampler, read_onnx
+from ..onnx.metadata import EPS_MODEL
+from ..reference.diffusion import GaussianDiffusion
+from ..sampling.adapters import load_diffusers
+from ..sampling.sampler import BACKENDS, NOISE_SOURCES, Sampler
+from .common import (NEEDS_ONNX, CLIError, device, join_process_group, leave_process_group, one_line, positive_int,
+                     process_device, seed)
+from .solver import add_sampler_arguments, check_fit_matches, sampler_settings
+
+ONNXRUNTIME = "onnxruntime"  # the CLI's backend beside the Sampler's: an ONNX export in ONNX Runtime
+
+
+def register(sub) -> None:
+    parser = sub.add_parser(
+        "sample",
+        help="sample images from a checkpoint (default: the bundled digits model)",
+        description="Sample images with the ancestral DDPM sampler and write a PNG grid (.png) or uint8 "
+        "images (.npz, array 'arr_0' shaped (N, H, W, C), the layout FID tools read).",
+    )
+    parser.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the bundled digits model)")
+    parser.add_argument("--diffusers", metavar="FOLDER",
+                        help="a diffusers DDPM pipeline folder (unet/ + scheduler/, as save_pretrained writes it), "
+                        "read offline; its prediction type (epsilon, sample, v) is converted")
+    parser.add_argument("--num", type=positive_int, default=64, help="number of images (default 64)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default 64)")
+    parser.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--out", default="samples.png", help="output .png grid or .npz array (default samples.png)")
+    parser.add_argument("--image-size", type=positive_int, help="sample size (default: the training size)")
+    parser.add_argument("--channels", type=positive_int, help="check the checkpoint has this many channels")
+    add_sampler_arguments(parser)
+    parser.add_argument("--backend", choices=(*BACKENDS, ONNXRUNTIME), default="auto",
+                        help="sampler backend (default auto: cudagraph on CUDA, eager on CPU, onnxruntime with --onnx)")
+    parser.add_argument("--onnx", metavar="MODEL.onnx",
+                        help="sample from this ONNX export (fastddpm export) in ONNX Runtime")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS),
+                        help="precision the U-Net runs in; the sample state stays fp32 (default fp32; "
+                        "an ONNX export's is fixed when it is exported)")
+    parser.add_argument("--noise", choices=NOISE_SOURCES,
+                        help="torch: the reference's random stream (default); philox: per-sample seeds (seed+i for "
+                        "image i; always with --out-dir)")
+    parser.add_argument("--out-dir", metavar="DIR",
+                        help="sharded sampling for large runs: uint8 .npz shards and manifest.json in DIR; run under "
+                        "torchrun to spread shards over processes (the same images for any number); a rerun "
+                        "resumes, skipping finished shards")
+    parser.add_argument("--shard-size", type=positive_int, default=1000, help="images per shard (default 1000)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> None:
+    if args.out_dir is not None and args.noise == "torch":
+        raise CLIError("--out-dir keys each image by its own seed: it samples with --noise philox")
+    args.noise = args.noise or ("philox" if args.out_dir is not None else "torch")
+    if args.out_dir is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise CLIError("under torchrun, sample writes shards: pass --out-dir DIR (every process would otherwise "
+                       "sample all images and write the same --out)")
+    out = Path(args.out)
+    if args.out_dir is None and out.suffix.lower() not in (".png", ".npz"):
+        raise CLIError(f"--out must end in .png (a grid) or .npz (uint8 images), got {args.out!r}")
+    if args.out_dir is None and not out.parent.exists():
+        raise CLIError(f"--out folder {str(out.parent)!r} does not exist")
+    if args.onnx is not None and args.backend == "auto":
+        args.backend = ONNXRUNTIME
+    if args.backend == ONNXRUNTIME:
+        if args.out_dir is not None:
+            raise CLIError("--out-dir (sharded sampling) runs the torch backends, not onnxruntime")
+        return _sample_onnx(args, out)
+    if args.onnx is not None:
+        raise CLIError(f"--onnx samples in ONNX Runtime; it does not go with --backend {args.backend}")
+    on = process_device(args.device)
+    joined = join_process_group(on) if args.out_dir is not None else False
+    try:
+        _sample_torch(args, out, on)
+    finally:
+        if joined:
+            leave_process_group()
+
+
+def _content_hash(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (names and contents): what identifies a sharded run's model."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(path) if file != path else file.name).encode())
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _sample_torch(args: argparse.Namespace, out: Path, on: torch.device) -> None:
+    if args.diffusers is not None:
+        if args.checkpoint is not None:
+            raise CLIError("pass --checkpoint or --diffusers, not both")
+        model, diffusion, default_size, channels = _load_diffusers(args.diffusers, on)
+        divisor = 1
+    else:
+        loaded = load_checkpoint(args.checkpoint, device=on)
+        model, diffusion = loaded.model, loaded.diffusion
+        channels, default_size, divisor = model.config.channels, loaded.image_size, model.size_divisor
+    if args.channels is not None and args.channels != channels:
+        raise CLIError(f"--channels {args.channels} does not match the model, which has channels={channels}")
+    image_size = args.image_size or default_size
+    if image_size is None:
+        raise CLIError("the checkpoint does not record its image size; pass --image-size")
+    if image_size % divisor:
+        raise CLIError(f"--image-size {image_size} is not divisible by {divisor} (this model's dim_mults)")
+
+    precision = args.precision or "fp32"
+    try:
+        check_fit_matches(args, diffusion, model)
+        settings = sampler_settings(args)
+        sampler = Sampler(model, diffusion, backend=args.backend, dtype=PRECISIONS[precision], **settings)
+    except (RuntimeError, ValueError) as exc:
+        raise CLIError(one_line(exc)) from None
+    if args.out_dir is not None:
+        # The model by its contents (a path can be spelled many ways, and a file can be retrained in place).
+        source = Path(args.diffusers or args.checkpoint or bundled_model_path())
+        run = {"model_sha256": _content_hash(source), "precision": precision, "backend": sampler.backend,
+               "device": on.type, **settings}
+        if "timesteps" in run:  # recorded under "spacing", as earlier releases wrote a fit's: their runs resume
+            run["spacing"] = run.pop("timesteps")
+        if "plan" in run:  # a fitted solver: its timesteps and every coefficient key the run
+            plan = run.pop("plan")
+            run["plan"] = {**plan.describe(), "coefs": plan.coefs.tolist()}
+        try:
+            manifest = sample_shards(sampler, args.num, args.out_dir, image_size=image_size, channels=channels,
+                                     seed=args.seed, shard_size=args.shard_size, batch_size=args.batch_size,
+                                     settings=run, progress=not args.no_progress)
+        except (ShardError, OSError, ValueError) as exc:
+            raise CLIError(one_line(exc)) from None
+        if rank_and_world()[0] == 0:
+            print(f"wrote {args.num} samples in {len(manifest['shards'])} shard(s) and {args.out_dir}/manifest.json")
+        return
+    torch.manual_seed(args.seed)
+    batches = []
+    done = 0
+    num_batches = math.ceil(args.num / args.batch_size)
+    for index in range(num_batches):
+        n = min(args.batch_size, args.num - done)
+        if not args.no_progress and num_batches > 1:
+            print(f"batch {index + 1}/{num_batches}", file=sys.stderr)
+        # philox: image i of the whole run has seed `--seed + i`, whatever the batch split.
+        first_seed = args.seed + done if args.noise == "philox" else None
+        try:
+            batches.append(sampler.sample(n, image_size, channels, seed=first_seed, noise=args.noise,
+                                          progress=not args.no_progress).cpu())
+        except (ValueError, RuntimeError) as exc:  # e.g. seeds past 2**63 - 1, or a model that fails
+            raise CLIError(one_line(exc)) from None
+        done += n
+    _write_samples(torch.cat(batches), out, image_size, channels, args.num)
+
+
+def _load_diffusers(folder: str, on: torch.device):
+    try:
+        import diffusers  # noqa: F401  (the "compare" extra: checked here, before any work)
+    except ImportError:
+        raise CLIError("--diffusers needs the diffusers package: pip install 'fastddpm[compare]'") from None
+    try:
+        return load_diffusers(folder, on)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CLIError(f"--diffusers {folder}: {str(exc).splitlines()[0]}") from None
+
+
+def _write_samples(images: torch.Tensor, out: Path, image_size: int, channels: int, num: int) -> None:
+    if out.suffix.lower() == ".png":
+        save_image_grid(images, out, scale=max(1, 64 // image_size))
+    else:
+        with atomic_path(out) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, arr_0=to_uint8_images(images))
+    print(f"wrote {num} samples ({image_size}x{image_size}, {channels} channel(s)) to {out}")
+
+
+def _sample_onnx(args: argparse.Namespace, out: Path) -> None:
+    if args.onnx is None:
+        raise CLIError("--backend onnxruntime samples an ONNX export: pass --onnx MODEL.onnx (see fastddpm export)")
+    for flag, value in (("--checkpoint", args.checkpoint), ("--precision", args.precision),
+                        ("--channels", args.channels), ("--diffusers", args.diffusers)):
+        if value is not None:
+            raise CLIError(f"{flag} does not apply to --backend onnxruntime: the ONNX export fixes it")
+    if args.noise != "torch":
+        raise CLIError("--noise philox is the torch backends' counter-based noise; ONNX Runtime draws numpy's")
+    try:
+        import onnx  # noqa: F401  (the "onnx" extra: fastddpm.onnx imports it lazily, so check before any work)
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise CLIError(NEEDS_ONNX) from None
+    on = device(args.device)
+    providers = [(CUDA, {"device_id": on.index or 0}), CPU] if on.type == "cuda" else [CPU]
+    try:
+        export = read_onnx(args.onnx)
+        # An ε-model export samples like a checkpoint (the CLI's defaults); a whole-sampler export fixes its own.
+        if export.kind == EPS_MODEL:
+            check_fit_matches(args, GaussianDiffusion.from_config(export.diffusion))
+            settings = sampler_settings(args)
+        elif args.timesteps is not None or args.solver is not None:
+            raise CLIError(f"{args.onnx} is a whole-sampler export: it fixes its timesteps (--timesteps and "
+                           "--solver go with an ε-model export or a checkpoint)")
+        else:
+            settings = dict(method=args.method, steps=args.steps, eta=args.eta, spacing=args.spacing, order=args.order)
+        sampler = OrtSampler(export, providers=providers, **settings)
+    except (OnnxModelError, ValueError) as exc:
+        raise CLIError(one_line(exc)) from None
+    if on.type == "cuda" and sampler.device != "cuda":
+        raise CLIError("ONNX Runtime's CUDA execution provider is not usable here; use --device cpu")
+    image_size = args.image_size or sampler.image_size[0]
+    if args.image_size is None and sampler.image_size[0] != sampler.image_size[1]:
+        raise CLIError(f"the export's default size is {sampler.image_size}; pass --image-size for a square sample")
+    rng = np.random.default_rng(args.seed)
+    batches, done = [], 0
+    while done < args.num:
+        n = min(args.batch_size, args.num - done)
+        try:
+            batches.append(torch.from_numpy(sampler.sample(n, image_size, seed=rng, progress=not args.no_progress)))
+        except (ValueError, RuntimeError) as exc:  # ORT's run-time errors are RuntimeErrors
+            raise CLIError(one_line(exc)) from None
+        done += n
+    _write_samples(torch.cat(batches), out, image_size, sampler.channels, args.num)

@@ -1,0 +1,240 @@
+"""Checkpoints: safetensors for the tensors, JSON config in the safetensors header. Nothing is unpickled.
+
+One ``.safetensors`` file holds everything. Its header metadata key ``"fastddpm"`` is a JSON document::
+
+    {"format": 1, "kind": "model" | "training", "model": UnetConfig, "diffusion": DiffusionConfig,
+     "image_size": int, "training": {...}}
+
+Tensor names: ``model.<param>`` for the weights used to sample (the EMA weights in a model file),
+and in a training checkpoint also ``ema.<param>``, ``optim.<i>.exp_avg`` / ``optim.<i>.exp_avg_sq``,
+and ``rng.torch`` / ``data.perm`` for an exact resume.
+
+A plain reference-style ``state_dict`` (``.pt``/``.pth``, as annotated-diffusion's code saves it) loads
+too, through ``torch.load(weights_only=True)``, when the caller names the model config. Every failure
+is a :class:`CheckpointError` naming the file and what did not match.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..reference.diffusion import DiffusionConfig, GaussianDiffusion
+from ..reference.unet import Unet, UnetConfig
+from .files import atomic_path
+
+__all__ = [
+    "CheckpointError",
+    "LoadedCheckpoint",
+    "save",
+    "load",
+    "load_checkpoint",
+    "read_checkpoint",
+    "write_checkpoint",
+    "FORMAT_VERSION",
+    "bundled_model_path",
+]
+
+FORMAT_VERSION = 1
+METADATA_KEY = "fastddpm"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit: the message names the file and the mismatch."""
+
+
+@dataclasses.dataclass
+class LoadedCheckpoint:
+    model: Unet
+    diffusion: GaussianDiffusion
+    image_size: int | None  # the training resolution, when the checkpoint records it
+    meta: dict[str, Any]
+
+
+def bundled_model_path() -> Path:
+    """The model shipped inside the package (trained on scikit-learn's digits; see the README)."""
+    return Path(__file__).resolve().parent.parent / "data" / "digits16.safetensors"
+
+
+def write_checkpoint(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    """Write ``tensors`` and the JSON ``meta`` to ``path`` atomically (write a temporary file, then rename)."""
+    payload = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    header = {METADATA_KEY: json.dumps({"format": FORMAT_VERSION, **meta}, sort_keys=True)}
+    with atomic_path(path) as tmp:
+        save_file(payload, str(tmp), metadata=header)
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a fastddpm ``.safetensors`` checkpoint: (tensors on CPU, metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+    if METADATA_KEY not in header:
+        raise CheckpointError(f"{path}: safetensors file without fastddpm metadata (header key {METADATA_KEY!r})")
+    meta = decode_metadata(path, header[METADATA_KEY], FORMAT_VERSION, CheckpointError, "checkpoint")
+    return tensors, meta
+
+
+def decode_metadata(path, text: str, version: int, error: type[Exception], what: str) -> dict[str, Any]:
+    """The JSON document a fastddpm file keeps in its metadata, checked to be of format ``version``."""
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: fastddpm metadata is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != version:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise error(f"{path}: {what} format {found!r}; this fastddpm reads format {version}")
+    return meta
+
+
+def save(
+    path: str | os.PathLike,
+    model: Unet,
+    diffusion: GaussianDiffusion,
+    *,
+    image_size: int | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Save ``model``'s weights and the model/diffusion configs to one ``.safetensors`` file, atomically."""
+    if not isinstance(model, Unet):
+        raise TypeError(f"fastddpm.save stores fastddpm.Unet models, got {type(model).__name__}")
+    meta: dict[str, Any] = {
+        "kind": "model",
+        "model": model.config.to_dict(),
+        "diffusion": diffusion.config.to_dict(),
+        "image_size": image_size,
+    }
+    if extra:
+        meta["training"] = dict(extra)
+    write_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()}, meta)
+
+
+def load(
+    path: str | os.PathLike | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    model_config: UnetConfig | Mapping[str, Any] | None = None,
+    diffusion_config: DiffusionConfig | Mapping[str, Any] | None = None,
+) -> tuple[Unet, GaussianDiffusion]:
+    """Load ``(model, diffusion)`` from a fastddpm checkpoint (the bundled model when ``path`` is None).
+
+    A ``.pt``/``.pth`` file is read as a plain reference-style ``state_dict`` with
+    ``torch.load(weights_only=True)`` and needs ``model_config``; its diffusion defaults to the reference's
+    (T=200, linear) unless ``diffusion_config`` says otherwise. The model is returned in eval mode.
+    """
+    loaded = load_checkpoint(path, device=device, model_config=model_config, diffusion_config=diffusion_config)
+    return loaded.model, loaded.diffusion
+
+
+def load_checkpoint(
+    path: str | os.PathLike | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    model_config: UnetConfig | Mapping[str, Any] | None = None,
+    diffusion_config: DiffusionConfig | Mapping[str, Any] | None = None,
+) -> LoadedCheckpoint:
+    """Like :func:`load`, also returning the recorded image size and the metadata."""
+    path = Path(path) if path is not None else bundled_model_path()
+    if path.suffix in (".pt", ".pth"):
+        model, diffusion = _load_state_dict_file(path, model_config, diffusion_config)
+        image_size, meta = None, {}
+    else:
+        tensors, meta = read_checkpoint(path)
+        model_cfg = _as_model_config(path, model_config if model_config is not None else meta.get("model"))
+        diff_cfg = _as_diffusion_config(path, diffusion_config if diffusion_config is not None else meta.get("diffusion"))
+        weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        model = _build_and_fill(path, model_cfg, weights)
+        diffusion = GaussianDiffusion.from_config(diff_cfg)
+        image_size = meta.get("image_size")
+    return LoadedCheckpoint(model.to(device).eval(), diffusion.to(device), image_size, meta)
+
+
+def _load_state_dict_file(path, model_config, diffusion_config) -> tuple[Unet, GaussianDiffusion]:
+    if model_config is None:
+        raise CheckpointError(f"{path}: a plain state_dict file carries no config; pass model_config=UnetConfig(...)")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types (UnpicklingError, RuntimeError, EOFError)
+        raise CheckpointError(f"{path}: cannot be read as a weights-only state_dict ({_first_line(exc)})") from None
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a state_dict (a mapping of names to tensors), got {type(state).__name__}")
+    model = _build_and_fill(path, _as_model_config(path, model_config), dict(state))
+    diffusion = GaussianDiffusion.from_config(_as_diffusion_config(path, diffusion_config or DiffusionConfig()))
+    return model, diffusion
+
+
+def _build_and_fill(path: Path, config: UnetConfig, weights: dict[str, torch.Tensor]) -> Unet:
+    try:
+        model = Unet.from_config(config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: its model config cannot be built ({exc})") from None
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing key {missing[0]!r}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
+        if unexpected:
+            parts.append(f"unexpected key {unexpected[0]!r}" + (f" (+{len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+        raise CheckpointError(f"{path}: does not fit Unet({_config_summary(config)}): " + "; ".join(parts))
+    for key, value in expected.items():
+        if weights[key].shape != value.shape:
+            raise CheckpointError(
+                f"{path}: key {key!r} has shape {tuple(weights[key].shape)}, Unet({_config_summary(config)}) "
+                f"expects {tuple(value.shape)}"
+            )
+        if not weights[key].is_floating_point():
+            raise CheckpointError(f"{path}: key {key!r} has dtype {weights[key].dtype}, expected a floating-point tensor")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()}, strict=True)
+    return model
+
+
+def _as_model_config(path: Path, config: Any) -> UnetConfig:
+    if isinstance(config, UnetConfig):
+        return config
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"{path}: no model config in the checkpoint metadata")
+    try:
+        return UnetConfig.from_dict(dict(config))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: bad model config ({exc})") from None
+
+
+def _as_diffusion_config(path: Path, config: Any) -> DiffusionConfig:
+    if isinstance(config, DiffusionConfig):
+        return config
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"{path}: no diffusion config in the checkpoint metadata")
+    try:
+        cfg = DiffusionConfig.from_dict(dict(config))
+        GaussianDiffusion.from_config(cfg)  # validates the schedule
+        return cfg
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: bad diffusion config ({exc})") from None
+
+
+def _config_summary(config: UnetConfig) -> str:
+    return f"dim={config.dim}, channels={config.channels}, dim_mults={config.dim_mults}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,206 @@
+"""Scale-out on torch.distributed: sharded sampling (and the process-group plumbing training shares).
+
+Sampling ``num`` images is cut into fixed shards of consecutive indices — shard k holds images
+[k·shard_size, (k+1)·shard_size) — whatever the number of processes; process r of W samples the shards
+k ≡ r (mod W). Image i is drawn with counter-based noise keyed by its own seed ``seed + i``
+(``noise="philox"``) and each shard is sampled in the same batches whatever W, so the set of images is
+the same, bit for bit, for any number of processes. Each shard is one ``.npz`` (``images`` uint8
+(N, H, W, C), ``indices``, ``settings``) written atomically: a rerun skips the shards already on disk
+(after checking they belong to the same run) and redoes only the rest. When all shards exist, rank 0
+writes ``manifest.json``.
+
+Under ``torchrun`` the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``) names the
+process group; :func:`init_from_env` joins it (gloo on CPU, nccl on CUDA).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from .._version import __version__
+from .files import atomic_path, to_uint8_images
+
+__all__ = ["ShardError", "init_from_env", "rank_and_world", "sample_shards", "read_manifest"]
+
+MANIFEST = "manifest.json"
+
+
+class ShardError(ValueError):
+    """An output folder that belongs to another run, or a shard that cannot be read."""
+
+
+class _Foreign(Exception):
+    """A shard whose settings are another run's (carries them)."""
+
+
+def init_from_env(device: torch.device) -> bool:
+    """Join the process group torchrun describes (when ``WORLD_SIZE`` > 1 and none is joined yet).
+    Returns True when this call initialised it (the caller then destroys it)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def local_device(device: torch.device) -> torch.device:
+    """On CUDA under torchrun, each process takes the GPU of its ``LOCAL_RANK`` and makes it current (Triton
+    launches on the current device; NCCL maps ranks to devices by it)."""
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        index = int(os.environ["LOCAL_RANK"])
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK {index}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        device = torch.device("cuda", index)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return device
+
+
+def _agree(error: str | None) -> None:
+    """Every process reports whether it failed; all raise together if any did (a lone failure would leave
+    the others waiting at the next barrier)."""
+    errors = [error]
+    if dist.is_available() and dist.is_initialized():
+        errors = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, error)
+    failed = [e for e in errors if e is not None]
+    if failed:
+        raise ShardError(failed[0])
+
+
+def _shard_path(out_dir: Path, k: int) -> Path:
+    return out_dir / f"shard-{k:06d}.npz"
+
+
+def _read_shard(path: Path, start: int, stop: int, settings: dict[str, Any]) -> bool:
+    """True when ``path`` is this run's complete shard; False when it is missing or unreadable (redo);
+    ShardError when it is another run's (never overwrite another run's results)."""
+    if not path.exists():
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            stored = json.loads(str(data["settings"]))
+            if stored != settings:  # compared before anything else is read: never resample another run's shard
+                raise _Foreign(stored)
+            indices = data["indices"]
+            count = data["images"].shape[0]
+    except _Foreign as foreign:
+        stored = foreign.args[0]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):  # truncated or corrupt: sample it again
+        return False
+    if stored != settings:
+        differing = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+        raise ShardError(f"{path}: written by another run (differs in {', '.join(differing)}); use a new --out-dir")
+    return count == stop - start and np.array_equal(indices, np.arange(start, stop))
+
+
+def sample_shards(
+    sampler,
+    num: int,
+    out_dir: str | os.PathLike,
+    *,
+    image_size: int,
+    channels: int,
+    seed: int = 0,
+    shard_size: int = 1000,
+    batch_size: int = 64,
+    settings: dict[str, Any] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Sample images [0, num) into ``out_dir`` as shards, this process's share of them (see the module
+    docstring); returns the manifest (also written by rank 0 once every shard exists). ``sampler`` is a
+    :class:`fastddpm.Sampler`; ``settings`` (JSON-able) describe the run and must match on a rerun."""
+    if num < 1 or shard_size < 1 or batch_size < 1:
+        raise ValueError("num, shard_size and batch_size must be positive")
+    rank, world = rank_and_world()
+    out = Path(out_dir)
+    run = {"num": num, "shard_size": shard_size, "batch_size": batch_size, "seed": seed, "image_size": image_size,
+           "channels": channels, "noise": "philox", **(settings or {})}
+    # As it will read back from a shard (tuples become lists); NaN and non-JSON values are refused up front.
+    run = json.loads(json.dumps(run, sort_keys=True, allow_nan=False))
+    if seed < 0 or seed + num - 1 > 2**63 - 1:
+        raise ValueError(f"seeds {seed}..{seed + num - 1} (one per image) must lie in [0, 2**63 - 1]")
+    error = None
+    try:
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        error = f"{out}: cannot create the folder ({exc})"
+    _agree(error)
+    shards = math.ceil(num / shard_size)
+    mine = list(range(rank, shards, world))
+    todo, error = [], None
+    try:
+        todo = [k for k in mine
+                if not _read_shard(_shard_path(out, k), k * shard_size, min(num, (k + 1) * shard_size), run)]
+    except ShardError as exc:
+        error = str(exc)
+    _agree(error)
+    if log is not None:
+        log(f"rank {rank}/{world}: {len(mine)} shard(s), {len(mine) - len(todo)} already done")
+    error = None
+    try:
+        for k in tqdm(todo, desc=f"shards (rank {rank})", disable=not progress, leave=False):
+            start, stop = k * shard_size, min(num, (k + 1) * shard_size)
+            images = []
+            for lo in range(start, stop, batch_size):  # the same batches for any number of processes
+                hi = min(stop, lo + batch_size)
+                seeds = torch.arange(lo, hi, dtype=torch.int64) + seed
+                images.append(sampler.sample(hi - lo, image_size, channels, seed=seeds, noise="philox",
+                                             progress=False).cpu())
+            with atomic_path(_shard_path(out, k)) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, images=to_uint8_images(torch.cat(images)), indices=np.arange(start, stop),
+                             settings=np.array(json.dumps(run, sort_keys=True)))
+    except (OSError, RuntimeError, ValueError) as exc:  # reported by every process, not only this one
+        error = f"rank {rank}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    _agree(error)
+    manifest = {"format": 1, "fastddpm_version": __version__, "run": run, "shards": [
+        {"file": _shard_path(out, k).name, "start": k * shard_size, "stop": min(num, (k + 1) * shard_size)}
+        for k in range(shards)]}
+    error = None
+    if rank == 0:
+        try:
+            missing = [s["file"] for s in manifest["shards"]
+                       if not _read_shard(out / s["file"], s["start"], s["stop"], run)]
+            if missing:
+                error = f"{out}: shards missing after sampling: {', '.join(missing[:5])}"
+            else:
+                with atomic_path(out / MANIFEST) as tmp:
+                    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        except (OSError, ShardError) as exc:
+            error = str(exc)
+    _agree(error)
+    return manifest
+
+
+def read_manifest(out_dir: str | os.PathLike) -> tuple[dict[str, Any], np.ndarray]:
+    """The manifest and all images of a finished run, in index order (uint8 (num, H, W, C))."""
+    out = Path(out_dir)
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ShardError(f"{out / MANIFEST}: cannot read the manifest ({exc})") from None
+    parts = []
+    for shard in manifest["shards"]:
+        with np.load(out / shard["file"], allow_pickle=False) as data:
+            if not np.array_equal(data["indices"], np.arange(shard["start"], shard["stop"])):
+                raise ShardError(f"{out / shard['file']}: indices do not match the manifest")
+            parts.append(data["images"])
+    return manifest, np.concatenate(parts)

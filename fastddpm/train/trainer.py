@@ -1,0 +1,323 @@
+"""Training: Adam on the ε-prediction loss, an EMA of the weights for sampling, exact resume.
+
+All randomness (batch order, timesteps, noise) comes from torch's global generator seeded by
+``TrainConfig.seed``; its state is saved in every checkpoint, so a resumed run continues exactly as an
+uninterrupted one would. Sample grids are drawn under ``torch.random.fork_rng`` so they do not disturb
+the training stream.
+
+Under torch.distributed (``torchrun``; gloo on CPU), every process draws the same global batch, timesteps
+and noise from the same generator and computes the loss on its own contiguous slice of the batch;
+DistributedDataParallel averages the gradients, which for equal slices is the gradient of the global
+batch's mean loss — the single-process step. The random state stays the same in every process, so a
+checkpoint (written by rank 0) resumes at any world size.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import math
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from ..config import FrozenConfig
+from ..io.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from ..io.files import save_image_grid
+from ..io.shards import rank_and_world
+from ..reference.diffusion import LOSS_TYPES, DiffusionConfig, GaussianDiffusion
+from ..reference.unet import Unet, UnetConfig
+from .data import load_dataset
+
+__all__ = ["TrainConfig", "Trainer", "train", "read_train_config"]
+
+CHECKPOINT_NAME = "checkpoint.safetensors"  # full training state, for --resume
+MODEL_NAME = "model.safetensors"  # EMA weights + configs, for sampling
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(FrozenConfig):
+    """Everything a training run is built from; frozen, with a JSON round-trip (stored in checkpoints)."""
+
+    data: str
+    image_size: int = 28
+    channels: int = 1
+    model: UnetConfig | None = None  # default: Unet(dim=28, channels, dim_mults=(1, 2, 4))
+    diffusion: DiffusionConfig = DiffusionConfig()
+    loss: str = "huber"  # the reference's training loss
+    lr: float = 1e-3  # the reference's Adam learning rate
+    batch_size: int = 64
+    steps: int = 1000
+    ema_decay: float = 0.999
+    seed: int = 0
+    sample_every: int = 0  # 0: never
+    save_every: int = 500
+    grid_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.model is None:
+            object.__setattr__(self, "model", UnetConfig(dim=28, channels=self.channels, dim_mults=(1, 2, 4)))
+        if self.loss not in LOSS_TYPES:
+            raise ValueError(f"unknown loss {self.loss!r}; expected one of {sorted(LOSS_TYPES)}")
+        if self.model.channels != self.channels:
+            raise ValueError(f"model channels={self.model.channels} but data channels={self.channels}")
+        for name in ("image_size", "batch_size", "steps", "grid_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        divisor = 2 ** (len(self.model.dim_mults) - 1)
+        if self.image_size % divisor:
+            raise ValueError(
+                f"image size {self.image_size} is not divisible by {divisor} (2**(len(dim_mults)-1) for "
+                f"dim_mults={self.model.dim_mults})"
+            )
+
+
+class Trainer:
+    """Holds the model, its EMA, the optimizer, the data order and the step; ``run`` trains to ``steps``."""
+
+    def __init__(self, config: TrainConfig, out_dir: str | os.PathLike, *, data: torch.Tensor | None = None,
+                 device: torch.device | str = "cpu"):
+        self.config = config
+        # The device runs the model; the data, the batch order and every random draw stay on the CPU
+        # generator, so a run is the same random stream on any device and any number of processes.
+        self.device = torch.device(device)
+        self.out_dir = Path(out_dir)
+        self.data = data if data is not None else load_dataset(config.data, config.image_size, config.channels)
+        torch.manual_seed(config.seed)
+        self.model = Unet.from_config(config.model).to(self.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        # Tables on the model's device (the gathers are exact: the same values on any device).
+        self.diffusion = GaussianDiffusion.from_config(config.diffusion, device=self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.step = 0
+        self.batch = min(config.batch_size, self.data.shape[0])
+        self.perm = torch.randperm(self.data.shape[0])
+        self.pos = 0
+        self.recent_losses: list[float] = []
+        self.rank, self.world_size = rank_and_world()
+        self.ddp = None
+        self._interrupted, self._stop_votes = False, 0  # Ctrl-C, and how many processes saw one (DDP)
+        if self.world_size > 1:
+            if self.batch % self.world_size:
+                raise ValueError(f"batch size {self.batch} does not split evenly over {self.world_size} processes")
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    # -- one optimisation step ---------------------------------------------------------------------
+    def _next_batch(self) -> torch.Tensor:
+        if self.pos + self.batch > self.perm.numel():  # a new epoch: reshuffle, drop the ragged tail
+            self.perm = torch.randperm(self.data.shape[0])
+            self.pos = 0
+        idx = self.perm[self.pos : self.pos + self.batch]
+        self.pos += self.batch
+        return self.data[idx]
+
+    def train_step(self) -> float:
+        self.model.train()
+        x0 = self._next_batch()
+        t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],)).long()
+        # The draw p_losses would make itself on the CPU (randn_like), for the whole batch.
+        noise = torch.randn_like(x0)
+        model, part = self.model, slice(None)
+        if self.ddp is not None:  # this process's slice of the global batch
+            share = x0.shape[0] // self.world_size
+            model, part = self.ddp, slice(self.rank * share, (self.rank + 1) * share)
+        on = functools.partial(torch.Tensor.to, device=self.device)
+        loss = self.diffusion.p_losses(model, on(x0[part]), on(t[part]), noise=on(noise[part]), loss_type=self.config.loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        self._update_ema()
+        if self.ddp is not None:  # the global batch's loss, and whether any process was interrupted
+            packed = torch.stack([loss.detach().float().reshape(()),
+                                  torch.tensor(float(self._interrupted), device=loss.device)])
+            dist.all_reduce(packed)
+            self._stop_votes = int(packed[1].item())
+            loss = packed[0] / self.world_size
+        value = loss.item()
+        self.recent_losses = (self.recent_losses + [value])[-100:]
+        return value
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # Warm-up: the decay grows with the step so early weights are not frozen in (Tarvainen & Valpola).
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        for ema_p, p in zip(self.ema.parameters(), self.model.parameters()):
+            ema_p.lerp_(p, 1.0 - decay)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self, *, progress: bool = True, on_step: Callable[["Trainer", float], None] | None = None) -> None:
+        cfg = self.config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="training", disable=not progress or self.rank != 0,
+                   dynamic_ncols=True)
+        running = None
+        # Ctrl-C only raises a flag; the loop stops at the next step boundary (a checkpoint written from
+        # the middle of a step would hold the next batch's random state with the previous weights), and
+        # under DDP every process learns of it through the step's loss all-reduce and stops at the same step.
+        self._interrupted = False
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            while self.step < cfg.steps:
+                loss = self.train_step()
+                if self._stop_requested():
+                    self.save()
+                    raise KeyboardInterrupt
+                running = loss if running is None else 0.98 * running + 0.02 * loss
+                bar.update(1)
+                bar.set_postfix(loss=f"{running:.4f}")
+                if on_step is not None:
+                    on_step(self, loss)
+                if cfg.sample_every and self.step % cfg.sample_every == 0 and self.rank == 0:
+                    self.save_grid(self.out_dir / f"samples-{self.step:06d}.png")
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                    self.save()
+        finally:
+            bar.close()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        self.save()
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self._interrupted:  # a second Ctrl-C: stop now, without saving
+            raise KeyboardInterrupt
+        self._interrupted = True
+
+    def _stop_requested(self) -> bool:
+        return self._stop_votes > 0 if self.ddp is not None else self._interrupted
+
+    @torch.no_grad()
+    def save_grid(self, path: Path) -> None:
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.config.seed)
+            images = self.diffusion.sample(
+                self.ema,
+                image_size=self.config.image_size,
+                batch_size=self.config.grid_size,
+                channels=self.config.channels,
+                return_all_timesteps=False,
+                progress=False,
+            )
+        save_image_grid(images, path, scale=max(1, 64 // self.config.image_size))
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def final_loss(self) -> float | None:
+        return sum(self.recent_losses) / len(self.recent_losses) if self.recent_losses else None
+
+    def save(self) -> None:
+        """Write the training checkpoint and the EMA model file, each atomically (rank 0 only: every
+        process holds the same state)."""
+        if self.rank == 0:
+            self._write()
+        if self.world_size > 1:
+            dist.barrier()
+
+    def _write(self) -> None:
+        meta = self._meta()
+        tensors: dict[str, torch.Tensor] = {}
+        tensors.update({f"model.{k}": v.cpu() for k, v in self.model.state_dict().items()})
+        tensors.update({f"ema.{k}": v.cpu() for k, v in self.ema.state_dict().items()})
+        for i, p in enumerate(self.model.parameters()):
+            for name, value in self.optimizer.state.get(p, {}).items():
+                tensors[f"optim.{i}.{name}"] = torch.as_tensor(value).cpu()
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["data.perm"] = self.perm
+        write_checkpoint(self.out_dir / CHECKPOINT_NAME, tensors, {**meta, "kind": "training"})
+        model_meta = {**meta, "kind": "model"}
+        write_checkpoint(self.out_dir / MODEL_NAME, {f"model.{k}": v.cpu() for k, v in self.ema.state_dict().items()},
+                         model_meta)
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "model": self.config.model.to_dict(),
+            "diffusion": self.config.diffusion.to_dict(),
+            "image_size": self.config.image_size,
+            "training": {
+                "config": self.config.to_dict(),
+                "step": self.step,
+                "pos": self.pos,
+                "final_loss": self.final_loss(),
+                "recent_losses": self.recent_losses,
+                "world_size": self.world_size,
+                "torch_version": torch.__version__,
+            },
+        }
+
+    @classmethod
+    def resume(
+        cls, checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, steps: int | None = None,
+        data: torch.Tensor | None = None, device: torch.device | str = "cpu",
+    ) -> "Trainer":
+        """Rebuild a trainer from a training checkpoint; ``steps`` raises the target step count."""
+        path = Path(checkpoint)
+        tensors, meta = read_checkpoint(path)
+        config = _training_config(path, meta)
+        training = meta["training"]
+        if steps is not None:
+            config = dataclasses.replace(config, steps=steps)
+        trainer = cls(config, out_dir if out_dir is not None else path.parent, data=data, device=device)
+        model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        ema_sd = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        try:
+            trainer.model.load_state_dict(model_sd, strict=True)
+            trainer.ema.load_state_dict(ema_sd, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: weights do not fit the recorded config ({str(exc).splitlines()[0]})") from None
+        params = list(trainer.model.parameters())
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        if state:
+            if max(state) >= len(params):
+                raise CheckpointError(f"{path}: optimizer state for parameter {max(state)} but the model has {len(params)}")
+            trainer.optimizer.load_state_dict({"state": state, "param_groups": trainer.optimizer.state_dict()["param_groups"]})
+        trainer.step = int(training["step"])
+        trainer.pos = int(training["pos"])
+        trainer.perm = tensors["data.perm"].long()
+        if trainer.perm.numel() != trainer.data.shape[0]:
+            raise CheckpointError(
+                f"{path}: the run trained on {trainer.perm.numel()} images but the data now has {trainer.data.shape[0]}"
+            )
+        trainer.recent_losses = list(training.get("recent_losses") or [])
+        torch.set_rng_state(tensors["rng.torch"])
+        return trainer
+
+
+def read_train_config(checkpoint: str | os.PathLike) -> TrainConfig:
+    """The :class:`TrainConfig` recorded in a training checkpoint (CheckpointError if it has none)."""
+    path = Path(checkpoint)
+    _, meta = read_checkpoint(path)
+    return _training_config(path, meta)
+
+
+def _training_config(path: Path, meta: dict[str, Any]) -> TrainConfig:
+    if meta.get("kind") != "training":
+        raise CheckpointError(f"{path}: a {meta.get('kind')!r} checkpoint has no training state; resume from {CHECKPOINT_NAME}")
+    try:
+        return TrainConfig.from_dict(meta["training"]["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: bad training config ({exc})") from None
+
+
+def train(config: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = True) -> Trainer:
+    """Train from scratch per ``config``, writing checkpoints, the EMA model and grids into ``out_dir``."""
+    trainer = Trainer(config, out_dir)
+    trainer.run(progress=progress)
+    return trainer
