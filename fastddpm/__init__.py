@@ -13,17 +13,25 @@ from .reference.diffusion import (
     sigmoid_beta_schedule,
 )
 from .io.checkpoint import CheckpointError, load, save
+from .finite import NonFiniteSampleError
 from .sampling.sampler import Sampler
+from .fit.solver import FittedSolver, fit_solver
 from .fit.timesteps import FittedTimesteps, fit_timesteps
 # onnx and onnxruntime (the "onnx" extra) are imported only when these are called.
 from .onnx import OnnxModelError, OrtSampler, export_onnx, export_onnx_sampler
 from .reference.unet import Unet, UnetConfig
+from .solvers import StepPlan, build_plan
 
 __all__ = [
     "__version__",
     "Unet",
     "UnetConfig",
     "Sampler",
+    "NonFiniteSampleError",
+    "StepPlan",
+    "build_plan",
+    "fit_solver",
+    "FittedSolver",
     "fit_timesteps",
     "FittedTimesteps",
     "OrtSampler",

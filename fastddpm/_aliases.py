@@ -38,10 +38,12 @@ class _AliasLoader(importlib.abc.Loader):
         self.target = target
 
     def create_module(self, spec):
-        return importlib.import_module(self.target)
+        module = importlib.import_module(self.target)
+        self.spec = module.__spec__  # importlib sets the alias's spec on it next: put the real one back after
+        return module
 
     def exec_module(self, module):  # the target module is already executed
-        pass
+        module.__spec__ = self.spec
 
 
 class _AliasFinder(importlib.abc.MetaPathFinder):
@@ -51,7 +53,7 @@ class _AliasFinder(importlib.abc.MetaPathFinder):
             return None
         new = f"fastddpm.{MOVED[name]}"
         warnings.warn(f"{fullname} moved to {new}; the old path is removed in the next release",
-                      DeprecationWarning, stacklevel=3)
+                      DeprecationWarning, stacklevel=2)  # warn skips importlib's frames: 2 is the importer
         return importlib.util.spec_from_loader(fullname, _AliasLoader(new))
 
 

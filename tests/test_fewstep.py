@@ -279,6 +279,27 @@ def test_order_is_checked(small_unet):
         Sampler(small_unet, diffusion, method="dpmsolver++", steps=10, order=4)
     with pytest.raises(ValueError, match="order 4: 'unipc' takes order 1 or 2 or 3"):
         Sampler(small_unet, diffusion, method="unipc", steps=10, order=4)
+    for bad in (dict(order=2.0), dict(steps=10.0), dict(steps=True), dict(order="2")):
+        with pytest.raises(ValueError, match="must be an integer"):
+            Sampler(small_unet, diffusion, method="unipc", **{"steps": 10, **bad})
+
+
+def test_a_plan_is_checked_against_the_diffusion_it_runs_on(small_unet):
+    from fastddpm.solvers import build_plan
+
+    diffusion = GaussianDiffusion(200)
+    plan = build_plan(diffusion, "unipc", 6, "logsnr")
+    assert Sampler(small_unet, diffusion, plan=plan).plan is plan
+    with pytest.raises(ValueError, match="plan= takes a StepPlan"):
+        Sampler(small_unet, diffusion, plan={"plan": plan})
+    with pytest.raises(ValueError, match="another noise schedule"):
+        Sampler(small_unet, GaussianDiffusion(200, "cosine"), plan=plan)
+    with pytest.raises(ValueError, match="beyond this diffusion's 100"):
+        Sampler(small_unet, GaussianDiffusion(100), plan=plan)
+    with pytest.raises(ValueError, match="exact-reference plan"):
+        Sampler(small_unet, GaussianDiffusion(300), plan=build_plan(diffusion))
+    with pytest.raises(ValueError, match="plan= fixes the solver"):
+        Sampler(small_unet, diffusion, plan=plan, steps=6)
 
 
 # ----------------------------------------------------------------------------- explicit and fitted timesteps

@@ -176,6 +176,7 @@ def test_whole_sampler_loop_matches_step_wise(exported, tmp_path, settings):
     assert_close(torch.from_numpy(a), torch.from_numpy(b), rtol=ONNX_RUNTIME_FLOAT32)
     with pytest.raises(ValueError, match="fixes its sampler"):
         OrtSampler(path, steps=stepwise.num_steps + 1)
+    OrtSampler(path, timesteps=list(stepwise.plan.timesteps))  # the file's own timesteps, however it named them
 
 
 def test_io_binding_sampler_makes_no_copies_back_to_host(exported, monkeypatch):

@@ -20,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastddpm",
         description="An exact DDPM reference and a fast sampler: train a model, sample images.",
+        epilog="example: fastddpm sample --method dpmsolver++ --steps 20 --out samples.png\n"
+        "Run 'fastddpm COMMAND --help' for a command's options and examples.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"fastddpm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -29,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status (0, 2 for bad input, 130 when interrupted)."""
+    """Run one command; returns the exit status (0, 1 when a run fails — non-finite samples or loss —, 2 for
+    bad input, 130 when interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -39,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.func(args)
     except (CLIError, CheckpointError, DataError) as exc:
         print(f"fastddpm: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print("fastddpm: interrupted", file=sys.stderr)
         return 130

@@ -14,9 +14,13 @@ def register(sub) -> None:
     parser = sub.add_parser(
         "bench",
         help="benchmark backends and precisions against the reference loop",
-        description="Run the benchmark matrix: each configuration is first checked against its oracle with the "
-        "same noise, then timed (alternated rounds). Prints a markdown table; writes bench.csv (appended), "
-        "bench.md, bench.png and settings.json into --out.",
+        description="Benchmark sampler backends and precisions side by side against the reference loop.\n\n"
+        "Each configuration is first checked against its oracle with the same noise, then timed (alternated\n"
+        "rounds). Prints a markdown table; writes bench.csv (appended), bench.md, bench.png and\n"
+        "settings.json into --out.",
+        epilog="example: fastddpm bench --config tiny --batch 8 --rounds 2\n"
+        "example: fastddpm bench --config digits --method dpmsolver++ --steps 20",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", default="fashion", choices=tuple(PRESETS),
                         help="model preset (default fashion: the reference's Fashion-MNIST U-Net; digits: the bundled "

@@ -7,21 +7,30 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
 
 from ..io.shards import init_from_env, local_device
 
-__all__ = ["CLIError", "positive_int", "non_negative_int", "seed", "int_tuple", "one_line", "out_file",
-           "image_size", "device", "process_device", "join_process_group", "leave_process_group", "exit_process",
+__all__ = ["CLIError", "RunError", "positive_int", "non_negative_int", "seed", "int_tuple", "one_line", "out_file",
+           "check_writable_output", "check_writable_folder", "image_size", "device", "process_device", "join_process_group", "leave_process_group", "exit_process",
            "NEEDS_ONNX"]
 
 NEEDS_ONNX = "ONNX support needs the onnx extra: pip install 'fastddpm[onnx]'"
 
 
 class CLIError(Exception):
-    """A user-facing error: printed as one line, exit status 2."""
+    """A user-facing error: printed as one line, exit status 2 (``exit_code``)."""
+
+    exit_code = 2
+
+
+class RunError(CLIError):
+    """A run that started and failed (non-finite samples or loss): printed as one line, exit status 1."""
+
+    exit_code = 1
 
 
 # -- argument types ----------------------------------------------------------------------------------
@@ -68,12 +77,40 @@ def one_line(exc: BaseException) -> str:
 
 
 def out_file(name: str, suffix: str) -> Path:
-    """--out, checked to end in ``suffix`` and to name a folder that exists."""
-    out = Path(name)
-    if out.suffix.lower() != suffix:
-        raise CLIError(f"--out must end in {suffix}, got {name!r}")
-    if not out.parent.exists():
-        raise CLIError(f"--out folder {str(out.parent)!r} does not exist")
+    """--out, checked to end in ``suffix`` and to be writable (:func:`check_writable_output`)."""
+    return check_writable_output(name, (suffix,))
+
+
+def check_writable_output(path: str | os.PathLike, suffixes: Sequence[str] = (), *, flag: str = "--out") -> Path:
+    """An output file, checked before any work: it ends in one of ``suffixes`` (when given), is not a folder,
+    and its folder exists and is writable (files are written atomically: a temporary file, then a rename)."""
+    out = Path(path)
+    if suffixes and out.suffix.lower() not in suffixes:
+        raise CLIError(f"{flag} must end in {' or '.join(suffixes)}, got {str(path)!r}")
+    if out.is_dir():
+        raise CLIError(f"{flag} {str(path)!r} is a folder; name a file inside it")
+    parent = out.parent
+    if not parent.is_dir():
+        raise CLIError(f"{flag} folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag} folder {str(parent)!r} is not writable (permission denied)")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise CLIError(f"{flag} {str(path)!r} exists and is read-only (permission denied)")
+    return out
+
+
+def check_writable_folder(path: str | os.PathLike, *, flag: str = "--out-dir") -> Path:
+    """An output folder, checked before any work: a folder (or nothing yet) under a writable folder."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"{flag} {str(path)!r} is a file, not a folder")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the folder that mkdir(parents=True) will create under
+    if not existing.is_dir():
+        raise CLIError(f"{flag} {str(path)!r} cannot be created: {str(existing)!r} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag} {str(existing)!r} is not writable (permission denied)")
     return out
 
 

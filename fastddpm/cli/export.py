@@ -15,9 +15,13 @@ def register(sub) -> None:
     parser = sub.add_parser(
         "export",
         help="export a checkpoint to ONNX (the ε-U-Net, or the whole sampler as one ONNX Loop)",
-        description="Export the ε-U-Net of a checkpoint to ONNX (inputs x float32 and t int64, dynamic batch and "
-        "size, the diffusion in the metadata), or with --sampler the whole sampler as one model (inputs x_T "
-        "and, for stochastic samplers, noise).",
+        description="Export a checkpoint to ONNX: the ε-U-Net, or with --sampler the whole sampler.\n\n"
+        "The ε-U-Net export has inputs x float32 and t int64, dynamic batch and size, the diffusion in the\n"
+        "metadata; --sampler exports the whole sampler as one model (inputs x_T and, for stochastic\n"
+        "samplers, noise). Needs the onnx extra: pip install \"fastddpm[onnx]\".",
+        epilog="example: fastddpm export --out digits.onnx\n"
+        "example: fastddpm export --out sampler.onnx --sampler --method dpmsolver++ --steps 20",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the bundled digits model)")
     parser.add_argument("--out", required=True, help="output .onnx file")

@@ -19,9 +19,12 @@ def register(sub) -> None:
     parser = sub.add_parser(
         "fit-timesteps",
         help="fit a few-step solver's timesteps to a model (for sample/export --timesteps)",
-        description="Place a deterministic few-step solver's timesteps where the model needs them: starting "
-        "from the best named spacing, a search moves one timestep at a time and keeps a move when the solve "
-        "lands closer to a many-step solve of the same model from the same noise. Writes a JSON file.",
+        description="Fit a few-step solver's timesteps to a model; writes a JSON file for --timesteps.\n\n"
+        "Starting from the best named spacing, a search moves one timestep at a time and keeps a move when\n"
+        "the solve lands closer to a many-step solve of the same model from the same noise.",
+        epilog="example: fastddpm fit-timesteps --steps 10 --order 3 --out fit.json\n"
+        "example: fastddpm sample --timesteps fit.json --out samples.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the bundled digits model)")
     parser.add_argument("--steps", type=positive_int, required=True, help="the solver's step count (model evaluations)")
@@ -52,10 +55,13 @@ def _register_solver(sub) -> None:
     parser = sub.add_parser(
         "fit-solver",
         help="fit a few-step solver's timesteps and coefficients to a model (for sample/export --solver)",
-        description="Fit a few-step solver to the model, data-free: its timesteps by search, then every step's "
-        "coefficients by gradient through the unrolled solve, so that it lands close to a many-step solve of the "
-        "same model from the same noise. A held-out batch of noise reports the distance before and after. "
-        "Example: fastddpm fit-solver --steps 5 --out fit.json && fastddpm sample --solver fit.json",
+        description="Fit a few-step solver (timesteps and coefficients) to a model; writes JSON for --solver.\n\n"
+        "Data-free: its timesteps by search, then every step's coefficients by gradient through the\n"
+        "unrolled solve, so that it lands close to a many-step solve of the same model from the same noise.\n"
+        "A held-out batch of noise reports the distance before and after.",
+        epilog="example: fastddpm fit-solver --steps 5 --out fit.json\n"
+        "example: fastddpm sample --solver fit.json --out samples.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the bundled digits model)")
     parser.add_argument("--steps", type=positive_int, required=True, help="model evaluations per sample")

@@ -21,8 +21,9 @@ from ..onnx import CPU, CUDA, OnnxModelError, OrtSampler, read_onnx
 from ..onnx.metadata import EPS_MODEL
 from ..reference.diffusion import GaussianDiffusion
 from ..sampling.adapters import load_diffusers
+from ..finite import NonFiniteSampleError
 from ..sampling.sampler import BACKENDS, NOISE_SOURCES, Sampler
-from .common import (NEEDS_ONNX, CLIError, device, join_process_group, leave_process_group, one_line, positive_int,
+from .common import (NEEDS_ONNX, CLIError, RunError, check_writable_folder, check_writable_output, device, join_process_group, leave_process_group, one_line, positive_int,
                      process_device, seed)
 from .solver import add_sampler_arguments, check_fit_matches, sampler_settings
 
@@ -33,8 +34,12 @@ def register(sub) -> None:
     parser = sub.add_parser(
         "sample",
         help="sample images from a checkpoint (default: the bundled digits model)",
-        description="Sample images with the ancestral DDPM sampler and write a PNG grid (.png) or uint8 "
-        "images (.npz, array 'arr_0' shaped (N, H, W, C), the layout FID tools read).",
+        description="Sample images from a model and write a PNG grid (.png) or uint8 images (.npz).\n\n"
+        "Default: the ancestral DDPM sampler over all timesteps of the bundled digits model. An .npz holds\n"
+        "array 'arr_0' shaped (N, H, W, C), the layout FID tools read.",
+        epilog="example: fastddpm sample --method dpmsolver++ --steps 20 --out samples.png\n"
+        "example: fastddpm sample --checkpoint runs/train/model.safetensors --num 16 --out mine.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the bundled digits model)")
     parser.add_argument("--diffusers", metavar="FOLDER",
@@ -77,8 +82,10 @@ def command(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if args.out_dir is None and out.suffix.lower() not in (".png", ".npz"):
         raise CLIError(f"--out must end in .png (a grid) or .npz (uint8 images), got {args.out!r}")
-    if args.out_dir is None and not out.parent.exists():
-        raise CLIError(f"--out folder {str(out.parent)!r} does not exist")
+    if args.out_dir is None:
+        check_writable_output(out)  # before any sampling: a folder, a missing or read-only parent
+    else:
+        check_writable_folder(args.out_dir)
     if args.onnx is not None and args.backend == "auto":
         args.backend = ONNXRUNTIME
     if args.backend == ONNXRUNTIME:
@@ -147,6 +154,8 @@ def _sample_torch(args: argparse.Namespace, out: Path, on: torch.device) -> None
             manifest = sample_shards(sampler, args.num, args.out_dir, image_size=image_size, channels=channels,
                                      seed=args.seed, shard_size=args.shard_size, batch_size=args.batch_size,
                                      settings=run, progress=not args.no_progress)
+        except NonFiniteSampleError as exc:
+            raise RunError(one_line(exc)) from None
         except (ShardError, OSError, ValueError) as exc:
             raise CLIError(one_line(exc)) from None
         if rank_and_world()[0] == 0:
@@ -165,6 +174,8 @@ def _sample_torch(args: argparse.Namespace, out: Path, on: torch.device) -> None
         try:
             batches.append(sampler.sample(n, image_size, channels, seed=first_seed, noise=args.noise,
                                           progress=not args.no_progress).cpu())
+        except NonFiniteSampleError as exc:
+            raise RunError(one_line(exc)) from None
         except (ValueError, RuntimeError) as exc:  # e.g. seeds past 2**63 - 1, or a model that fails
             raise CLIError(one_line(exc)) from None
         done += n
@@ -233,6 +244,8 @@ def _sample_onnx(args: argparse.Namespace, out: Path) -> None:
         n = min(args.batch_size, args.num - done)
         try:
             batches.append(torch.from_numpy(sampler.sample(n, image_size, seed=rng, progress=not args.no_progress)))
+        except NonFiniteSampleError as exc:
+            raise RunError(one_line(exc)) from None
         except (ValueError, RuntimeError) as exc:  # ORT's run-time errors are RuntimeErrors
             raise CLIError(one_line(exc)) from None
         done += n

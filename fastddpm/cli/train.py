@@ -12,8 +12,8 @@ import torch
 from ..reference.diffusion import BETA_SCHEDULES, LOSS_TYPES, DiffusionConfig
 from ..reference.unet import UnetConfig, _check_config
 from ..train.data import load_dataset
-from ..train.trainer import TrainConfig, Trainer, read_train_config
-from .common import (CLIError, int_tuple, join_process_group, leave_process_group, non_negative_int, one_line,
+from ..train.trainer import NonFiniteLossError, TrainConfig, Trainer, read_train_config
+from .common import (CLIError, RunError, check_writable_folder, int_tuple, join_process_group, leave_process_group, non_negative_int, one_line,
                      positive_int, process_device, seed)
 
 _TRAIN_DEFAULTS = dict(image_size=28, channels=1, dim=28, dim_mults=(1, 2, 4), block="convnext", resnet_groups=8,
@@ -25,8 +25,12 @@ def register(sub) -> None:
     parser = sub.add_parser(
         "train",
         help="train a model on a folder, array, IDX file or the built-in digits",
-        description="Train the reference U-Net (Adam, EMA of the weights) and write checkpoint.safetensors "
-        "(full state, for --resume), model.safetensors (EMA weights, for sampling) and sample grids.",
+        description="Train the reference U-Net on images and write checkpoints for sampling.\n\n"
+        "Adam, EMA of the weights; writes checkpoint.safetensors (full state, for --resume),\n"
+        "model.safetensors (EMA weights, for sampling) and sample grids into --out-dir.",
+        epilog="example: fastddpm train --data digits --image-size 16 --steps 1000 --out-dir runs/train\n"
+        "example: fastddpm sample --checkpoint runs/train/model.safetensors --out samples.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--data", help="folder of PNG/JPEG images, .npz/.npy array, *-idx3-ubyte[.gz] file, or 'digits'")
     parser.add_argument("--out-dir", help="output folder (default runs/train; when resuming, the checkpoint's folder)")
@@ -123,6 +127,8 @@ def _new_trainer(args: argparse.Namespace, on: torch.device) -> Trainer:
 
 
 def _train(args: argparse.Namespace, on: torch.device) -> None:
+    # Before the data is read or the model built: the folder the checkpoints go to.
+    check_writable_folder(args.out_dir or (Path(args.resume).parent if args.resume else "runs/train"))
     trainer = _resumed_trainer(args, on) if args.resume else _new_trainer(args, on)
     if trainer.rank == 0:
         processes = f" in {trainer.world_size} processes" if trainer.world_size > 1 else ""
@@ -137,6 +143,8 @@ def _train(args: argparse.Namespace, on: torch.device) -> None:
         raise
     except OSError as exc:  # a checkpoint or grid that cannot be written
         raise CLIError(f"cannot write into {trainer.out_dir}: {exc}") from None
+    except NonFiniteLossError as exc:  # nothing saved: the last checkpoint on disk is the last finite one
+        raise RunError(one_line(exc)) from None
     loss = trainer.final_loss()
     if trainer.rank != 0:
         return

@@ -40,7 +40,7 @@ from ..kernels.update_rows import HISTORY_ROWS, MAX_HISTORIES, Row
 from ..reference.diffusion import DiffusionConfig, GaussianDiffusion
 from ..sampling.adapters import EpsModel
 from ..sampling.sampler import Sampler
-from ..solvers import SOLVERS, StepPlan, build_plan
+from ..solvers import SOLVERS, SPACINGS, StepPlan, build_plan
 from .timesteps import fit_timesteps
 
 __all__ = ["FittedSolver", "fit_solver", "model_sha256", "FIT_SOLVERS"]
@@ -62,7 +62,7 @@ def model_sha256(model: Any) -> str:
     for name, tensor in sorted(state().items()):
         tensor = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())  # the raw bytes, any dtype
     return digest.hexdigest()
 
 
@@ -94,7 +94,7 @@ class FittedSolver(FrozenConfig, json_indent=1, json_sort_keys=False):
     def __post_init__(self):
         def integer(name, value, low, high=None):
             if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-                raise ValueError(f"{name} must be an integer in [{low}, {high if high is not None else '∞'}), got {value!r}")
+                raise ValueError(f"{name} must be an integer in [{low}, {high if high is not None else '∞'}], got {value!r}")
             return value
 
         if self.method not in FIT_SOLVERS:
@@ -110,7 +110,10 @@ class FittedSolver(FrozenConfig, json_indent=1, json_sort_keys=False):
         if any(a <= b for a, b in zip(seq, seq[1:])):
             raise ValueError(f"timesteps must be distinct and descending, got {list(seq)}")
         object.__setattr__(self, "timesteps", seq)
-        integer("histories", self.histories, 0, MAX_HISTORIES)
+        if integer("histories", self.histories, 0, MAX_HISTORIES) != SOLVERS[self.method].histories(self.order):
+            raise ValueError(f"histories {self.histories} does not go with {self.method} order {self.order}")
+        if self.start not in SPACINGS:
+            raise ValueError(f"start must be one of {SPACINGS}, got {self.start!r}")
         if not isinstance(self.coefs, dict) or set(self.coefs) != {row.name for row in Row}:
             got = sorted(self.coefs) if isinstance(self.coefs, dict) else type(self.coefs).__name__
             raise ValueError(f"coefs must map every row name {[row.name for row in Row]} to its values, got {got}")

@@ -37,7 +37,7 @@ _MOVES = (32, 16, 8, 4, 2, 1)  # pattern-search step sizes, in training timestep
 @dataclasses.dataclass(frozen=True)
 class FittedTimesteps(FrozenConfig, json_indent=1, json_sort_keys=False):
     """A fit's result: the timesteps (descending, for ``Sampler(spacing=...)``), the solver they were fitted
-    for, and the mean squared distance to the teacher before and after, on the fit batch and held out."""
+    for, and the mean over samples of the RMS distance to the teacher before and after, on the fit batch and held out."""
 
     timesteps: tuple[int, ...]
     method: str

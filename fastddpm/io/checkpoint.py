@@ -44,6 +44,7 @@ __all__ = [
 
 FORMAT_VERSION = 1
 METADATA_KEY = "fastddpm"
+MAX_TIMESTEPS = 100_000  # the most diffusion steps a file's config may ask for (its tables are allocated)
 
 
 class CheckpointError(ValueError):
@@ -94,6 +95,8 @@ def decode_metadata(path, text: str, version: int, error: type[Exception], what:
         meta = json.loads(text)
     except json.JSONDecodeError as exc:
         raise error(f"{path}: fastddpm metadata is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise error(f"{path}: fastddpm metadata is nested too deeply to read") from None
     if not isinstance(meta, dict) or meta.get("format") != version:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise error(f"{path}: {what} format {found!r}; this fastddpm reads format {version}")
@@ -159,6 +162,8 @@ def load_checkpoint(
         model = _build_and_fill(path, model_cfg, weights)
         diffusion = GaussianDiffusion.from_config(diff_cfg)
         image_size = meta.get("image_size")
+        if image_size is not None and (type(image_size) is not int or image_size < 1):
+            raise CheckpointError(f"{path}: metadata image_size must be a positive integer, got {image_size!r}")
     return LoadedCheckpoint(model.to(device).eval(), diffusion.to(device), image_size, meta)
 
 
@@ -180,12 +185,14 @@ def _load_state_dict_file(path, model_config, diffusion_config) -> tuple[Unet, G
     return model, diffusion
 
 
-def _build_and_fill(path: Path, config: UnetConfig, weights: dict[str, torch.Tensor]) -> Unet:
+def check_weights_fit(path: Path, config: UnetConfig, weights: Mapping[str, torch.Tensor]) -> None:
+    """Check that ``weights`` (names, shapes, floating dtypes) are exactly what ``Unet(config)`` holds, on the
+    meta device: nothing is allocated, so a config that asks for a huge model is refused before it is built."""
     try:
-        model = Unet.from_config(config)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: its model config cannot be built ({exc})") from None
-    expected = model.state_dict()
+        with torch.device("meta"):
+            expected = Unet.from_config(config).state_dict()
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:  # e.g. a size beyond any storage
+        raise CheckpointError(f"{path}: its model config cannot be built ({str(exc).splitlines()[0]})") from None
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]
     if missing or unexpected:
@@ -203,6 +210,12 @@ def _build_and_fill(path: Path, config: UnetConfig, weights: dict[str, torch.Ten
             )
         if not weights[key].is_floating_point():
             raise CheckpointError(f"{path}: key {key!r} has dtype {weights[key].dtype}, expected a floating-point tensor")
+
+
+def _build_and_fill(path: Path, config: UnetConfig, weights: dict[str, torch.Tensor]) -> Unet:
+    check_weights_fit(path, config, weights)  # before anything is allocated
+    model = Unet.from_config(config)
+    expected = model.state_dict()
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()}, strict=True)
     return model
 
@@ -225,10 +238,20 @@ def _as_diffusion_config(path: Path, config: Any) -> DiffusionConfig:
         raise CheckpointError(f"{path}: no diffusion config in the checkpoint metadata")
     try:
         cfg = DiffusionConfig.from_dict(dict(config))
+        check_diffusion_limits(cfg)
         GaussianDiffusion.from_config(cfg)  # validates the schedule
         return cfg
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: bad diffusion config ({exc})") from None
+
+
+def check_diffusion_limits(cfg: DiffusionConfig) -> None:
+    """A ValueError unless T is an integer in [1, MAX_TIMESTEPS] (checked before its tables are built)."""
+    steps = cfg.timesteps
+    if type(steps) is not int or not 1 <= steps <= MAX_TIMESTEPS:
+        raise ValueError(f"timesteps must be an integer in [1, {MAX_TIMESTEPS}], got {steps!r}")
+    if not isinstance(cfg.beta_schedule, str) and len(cfg.beta_schedule) > MAX_TIMESTEPS:
+        raise ValueError(f"a beta schedule of {len(cfg.beta_schedule)} values; at most {MAX_TIMESTEPS}")
 
 
 def _config_summary(config: UnetConfig) -> str:

@@ -15,6 +15,8 @@ process group; :func:`init_from_env` joins it (gloo on CPU, nccl on CUDA).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -33,6 +35,7 @@ from .files import atomic_path, to_uint8_images
 __all__ = ["ShardError", "init_from_env", "rank_and_world", "sample_shards", "read_manifest"]
 
 MANIFEST = "manifest.json"
+LOCK = ".fastddpm.lock"  # held (flock) by rank 0 while a run writes into its folder
 
 
 class ShardError(ValueError):
@@ -98,11 +101,17 @@ def _read_shard(path: Path, start: int, stop: int, settings: dict[str, Any]) -> 
             if stored != settings:  # compared before anything else is read: never resample another run's shard
                 raise _Foreign(stored)
             indices = data["indices"]
-            count = data["images"].shape[0]
+            images = data["images"]
+            side = settings.get("image_size")
+            if images.dtype != np.uint8 or images.shape[1:] != (side, side, settings.get("channels")):
+                return False  # not the images this run writes: sample them again
+            count = images.shape[0]
     except _Foreign as foreign:
         stored = foreign.args[0]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):  # truncated or corrupt: sample it again
+    except (OSError, ValueError, KeyError, RecursionError, zipfile.BadZipFile, EOFError):  # truncated or corrupt
         return False
+    if not isinstance(stored, dict):
+        raise ShardError(f"{path}: not a shard of this run (its settings are not a JSON object); use a new --out-dir")
     if stored != settings:
         differing = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
         raise ShardError(f"{path}: written by another run (differs in {', '.join(differing)}); use a new --out-dir")
@@ -136,13 +145,40 @@ def sample_shards(
     run = json.loads(json.dumps(run, sort_keys=True, allow_nan=False))
     if seed < 0 or seed + num - 1 > 2**63 - 1:
         raise ValueError(f"seeds {seed}..{seed + num - 1} (one per image) must lie in [0, 2**63 - 1]")
-    error = None
+    with contextlib.ExitStack() as held:
+        error = None
+        try:
+            if rank == 0:
+                out.mkdir(parents=True, exist_ok=True)
+                held.enter_context(_lock_folder(out))
+                for stale in out.glob(".*.tmp"):  # a crashed run's temporary files (no other run holds the lock)
+                    stale.unlink(missing_ok=True)
+        except ShardError as exc:
+            error = str(exc)
+        except OSError as exc:
+            error = f"{out}: cannot create the folder ({exc})"
+        _agree(error)
+        return _sample_into(sampler, num, out, run, rank, world, image_size, channels, seed, shard_size, batch_size,
+                            progress, log)
+
+
+@contextlib.contextmanager
+def _lock_folder(out: Path):
+    """Hold an exclusive flock on ``out``'s lock file, or raise ShardError when another run holds it."""
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        if rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        error = f"{out}: cannot create the folder ({exc})"
-    _agree(error)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ShardError(f"{out}: another run is writing into this folder (it holds {LOCK}); wait for it or "
+                             "use a new --out-dir") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _sample_into(sampler, num, out, run, rank, world, image_size, channels, seed, shard_size, batch_size, progress,
+                 log) -> dict[str, Any]:
     shards = math.ceil(num / shard_size)
     mine = list(range(rank, shards, world))
     todo, error = [], None
@@ -198,9 +234,37 @@ def read_manifest(out_dir: str | os.PathLike) -> tuple[dict[str, Any], np.ndarra
     except (OSError, json.JSONDecodeError) as exc:
         raise ShardError(f"{out / MANIFEST}: cannot read the manifest ({exc})") from None
     parts = []
-    for shard in manifest["shards"]:
+    for shard in _checked_entries(out, manifest):
         with np.load(out / shard["file"], allow_pickle=False) as data:
             if not np.array_equal(data["indices"], np.arange(shard["start"], shard["stop"])):
                 raise ShardError(f"{out / shard['file']}: indices do not match the manifest")
             parts.append(data["images"])
     return manifest, np.concatenate(parts)
+
+
+def _checked_entries(out: Path, manifest: Any) -> list[dict[str, Any]]:
+    """The manifest's shard entries, checked: plain file names inside ``out`` (no folders, no ``..``, not
+    absolute), each named once, covering [0, num) in order with no gap or overlap."""
+    where = out / MANIFEST
+    shards = manifest.get("shards") if isinstance(manifest, dict) else None
+    if not isinstance(shards, list) or not shards:
+        raise ShardError(f"{where}: no list of shards")
+    seen, expected_start = set(), 0
+    for entry in shards:
+        if not isinstance(entry, dict):
+            raise ShardError(f"{where}: a shard entry is not an object: {entry!r}")
+        name, start, stop = entry.get("file"), entry.get("start"), entry.get("stop")
+        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+            raise ShardError(f"{where}: shard file {name!r} is not a file name inside the run folder")
+        if name in seen:
+            raise ShardError(f"{where}: shard file {name!r} is listed twice")
+        seen.add(name)
+        if type(start) is not int or type(stop) is not int or stop <= start:
+            raise ShardError(f"{where}: shard {name!r} has start {start!r} and stop {stop!r}")
+        if start != expected_start:
+            raise ShardError(f"{where}: shard {name!r} starts at {start}, expected {expected_start} (a gap or overlap)")
+        expected_start = stop
+    num = manifest.get("run", {}).get("num") if isinstance(manifest.get("run"), dict) else None
+    if num is not None and expected_start != num:
+        raise ShardError(f"{where}: shards cover [0, {expected_start}) but the run has {num} images")
+    return shards

@@ -28,7 +28,7 @@ from torch import nn
 
 from .._version import __version__
 from ..reference.diffusion import GaussianDiffusion
-from ..solvers import StepPlan, build_plan
+from ..solvers import StepPlan, build_plan, plan_fits
 from .graphs import OPSET, build_sampler_model
 from .metadata import (EPS_MODEL, FORMAT_VERSION, PRECISIONS, SAMPLER_MODEL, OnnxModelError, _save, _set_metadata,
                        read_onnx)
@@ -188,10 +188,7 @@ def export_onnx_sampler(
         if method != "ddpm" or steps is not None or eta is not None or order is not None or timesteps is not None \
                 or not isinstance(spacing, str) or spacing != "leading":
             raise ValueError("plan= fixes the solver: pass it without method/steps/spacing/timesteps/eta/order")
-        if max(plan.timesteps) >= diffusion.num_timesteps:
-            raise ValueError(f"the plan visits timestep {max(plan.timesteps)}, beyond the diffusion's "
-                             f"{diffusion.num_timesteps} training steps")
-        return plan
+        return plan_fits(plan, diffusion)
 
     if isinstance(model, (str, os.PathLike)):
         if precision is not None or not dynamic_size:

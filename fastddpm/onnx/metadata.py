@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io.checkpoint import _first_line, decode_metadata
+from ..io.checkpoint import _first_line, check_diffusion_limits, decode_metadata
 from ..io.files import atomic_path
 from ..kernels.update_rows import MAX_HISTORIES
 from ..reference.diffusion import DiffusionConfig, GaussianDiffusion
@@ -22,6 +22,14 @@ __all__ = ["OnnxModelError", "OnnxExport", "read_onnx", "METADATA_KEY", "FORMAT_
 METADATA_KEY = "fastddpm"
 FORMAT_VERSION = 1
 EPS_MODEL, SAMPLER_MODEL = "eps-model", "sampler"
+MAX_IMAGE_SIZE = 8192  # the largest default image side an export's metadata may give
+
+
+def _int(value: Any, name: str) -> int:
+    """An integer field of the metadata: a JSON integer, not a string or a float that int() would take."""
+    if type(value) is not int:
+        raise ValueError(f"{name} must hold integers, got {value!r}")
+    return value
 PRECISIONS = ("fp32", "fp16")
 
 
@@ -92,12 +100,15 @@ def read_onnx(path: str | os.PathLike) -> OnnxExport:
         raise OnnxModelError(f"{path}: unknown fastddpm model kind {kind!r}; expected {EPS_MODEL!r} or {SAMPLER_MODEL!r}")
     try:
         diffusion = DiffusionConfig.from_dict(meta["diffusion"])
+        check_diffusion_limits(diffusion)
         betas = np.asarray(meta["betas"], dtype=np.float64)
-        height, width = (int(v) for v in meta["image_size"])
-        channels, divisor = int(meta["channels"]), int(meta.get("size_divisor", 1))
+        height, width = (_int(v, "image_size") for v in meta["image_size"])
+        channels, divisor = _int(meta["channels"], "channels"), _int(meta.get("size_divisor", 1), "size_divisor")
         sampler = _check_sampler_meta(meta["sampler"]) if kind == SAMPLER_MODEL else None
     except (KeyError, TypeError, ValueError) as exc:
         raise OnnxModelError(f"{path}: incomplete fastddpm metadata ({_first_line(exc)})") from None
+    if max(height, width) > MAX_IMAGE_SIZE:
+        raise OnnxModelError(f"{path}: metadata image size {height}x{width}; at most {MAX_IMAGE_SIZE} a side")
     if min(height, width, channels, divisor) < 1:
         raise OnnxModelError(f"{path}: metadata image size {height}x{width}, channels {channels}, size divisor "
                              f"{divisor}: each must be positive")

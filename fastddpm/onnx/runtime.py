@@ -23,7 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..reference.diffusion import GaussianDiffusion
-from ..solvers import StepPlan, build_plan, explicit_timesteps, push_history
+from ..finite import check_finite_samples
+from ..solvers import StepPlan, build_plan, explicit_timesteps, plan_fits, push_history
 from .graphs import build_step_model, step_inputs
 from .metadata import EPS_MODEL, OnnxExport, OnnxModelError, read_onnx
 
@@ -86,9 +87,8 @@ class OrtSampler:
                                   timesteps=timesteps, eta=eta, order=order)
             elif any(v is not None for v in (method, steps, spacing, eta, order, timesteps)):
                 raise ValueError("plan= fixes the solver: pass it without method/steps/spacing/timesteps/eta/order")
-            elif max(plan.timesteps) >= diffusion.num_timesteps:
-                raise ValueError(f"the plan visits timestep {max(plan.timesteps)}, beyond the export's "
-                                 f"{diffusion.num_timesteps} training steps")
+            else:
+                plan_fits(plan, diffusion)
             self.plan: StepPlan | None = plan
             graph = build_step_model(export.model, plan)
             self.method, self.num_steps = plan.method, plan.steps
@@ -97,14 +97,14 @@ class OrtSampler:
             fixed = export.sampler
             if plan is not None:
                 raise ValueError(f"{export.path}: a whole-sampler export fixes its sampler; plan= applies to an ε-model export")
-            if timesteps is not None:
-                if spacing is not None:
+            if spacing is not None and not isinstance(spacing, str):  # timesteps passed as spacing= (the alias)
+                if timesteps is not None:
                     raise ValueError("pass spacing= (a rule's name) or timesteps= (the steps themselves), not both")
-                spacing = timesteps
-            if spacing is not None and not isinstance(spacing, str):
-                # Explicit timesteps, checked like the torch sampler's, compared as the file's JSON list.
-                spacing = explicit_timesteps(export.diffusion.timesteps, None, spacing)
-            asked = {"method": method, "steps": steps, "spacing": spacing, "eta": eta, "order": order}
+                spacing, timesteps = None, spacing
+            if timesteps is not None:  # checked like the torch sampler's, compared with the file's list
+                timesteps = explicit_timesteps(export.diffusion.timesteps, None, timesteps)
+            asked = {"method": method, "steps": steps, "spacing": spacing, "timesteps": timesteps, "eta": eta,
+                     "order": order}
             wrong = [f"{k}={v!r} (the file's is {fixed[k]!r})" for k, v in asked.items() if v is not None and v != fixed[k]]
             if wrong:
                 raise ValueError(f"{export.path}: a whole-sampler export fixes its sampler; got " + ", ".join(wrong))
@@ -131,9 +131,11 @@ class OrtSampler:
         noise: np.ndarray | None = None,
         progress: bool = True,
         clip: bool = True,
+        check_finite: bool = True,
     ) -> np.ndarray:
         """``batch_size`` images (B, C, H, W) float32, clipped to [−1, 1] unless ``clip=False``
-        (a whole-sampler export always clips). ``image_size`` defaults to the export's."""
+        (a whole-sampler export always clips). ``image_size`` defaults to the export's. Raises
+        ``NonFiniteSampleError`` (a ValueError) when samples hold NaN or inf, unless ``check_finite=False``."""
         if image_size is None:
             height, width = self.image_size
         else:
@@ -150,8 +152,14 @@ class OrtSampler:
         if noise is not None:
             noise = self._given(noise, (self.num_steps, *shape), "noise")
         if self.plan is None:
-            return self._sample_loop(x_T, noise, rng, shape)
-        return self._sample_steps(x_T, noise, rng, shape, progress, clip)
+            x = self._sample_loop(x_T, noise, rng, shape)  # clipped in the graph: Clip keeps NaN a NaN
+            if check_finite:
+                check_finite_samples(x)
+            return x
+        x = self._sample_steps(x_T, noise, rng, shape, progress)
+        if check_finite:
+            check_finite_samples(x)  # before the clip, which would turn +inf into 1
+        return np.clip(x, -1.0, 1.0, out=x) if clip else x
 
     @staticmethod
     def _given(array, shape, name) -> np.ndarray:
@@ -173,7 +181,7 @@ class OrtSampler:
             feeds["noise"] = noise
         return self.session.run(["sample"], feeds)[0]
 
-    def _sample_steps(self, x_T, noise, rng, shape, progress, clip) -> np.ndarray:
+    def _sample_steps(self, x_T, noise, rng, shape, progress) -> np.ndarray:
         import onnxruntime as ort  # the "onnx" extra
 
         plan, device, device_id = self.plan, self.device, self.device_id
@@ -215,5 +223,4 @@ class OrtSampler:
             current = 1 - current
             history, x0_out = push_history(history, x0_out)  # the dropped buffer takes the next x̂_0
         # numpy() is a view of the OrtValue's memory, freed with it when this returns: copy.
-        x = np.array(xs[current].numpy(), copy=True)
-        return np.clip(x, -1.0, 1.0, out=x) if clip else x
+        return np.array(xs[current].numpy(), copy=True)

@@ -29,10 +29,11 @@ from ..compiler import CompileConfig, compile_step
 from ..kernels import ddpm_step, linear_step, multistep_update, randn_philox, resolve_impl
 from ..reference.diffusion import GaussianDiffusion, _model_device
 from ..reference.unet import Unet
-from ..solvers import METHODS, StepPlan, build_plan, push_history
+from ..solvers import METHODS, StepPlan, build_plan, plan_fits, push_history
 from .adapters import EpsModel
+from ..finite import NonFiniteSampleError, check_finite_samples
 
-__all__ = ["Sampler", "SamplerStats", "BACKENDS", "METHODS", "NOISE_SOURCES"]
+__all__ = ["Sampler", "SamplerStats", "BACKENDS", "METHODS", "NOISE_SOURCES", "NonFiniteSampleError"]
 
 BACKENDS = ("auto", "eager", "compile", "cudagraph")
 NOISE_SOURCES = ("torch", "philox")
@@ -116,9 +117,7 @@ class Sampler:
             if any(given.values()):
                 raise ValueError("plan= fixes the solver: pass it alone, without "
                                  + ", ".join(name for name, passed in given.items() if passed))
-            if max(plan.timesteps) >= diffusion.num_timesteps:
-                raise ValueError(f"the plan visits timestep {max(plan.timesteps)}, beyond this diffusion's "
-                                 f"{diffusion.num_timesteps} training steps")
+            plan_fits(plan, diffusion)
         self.plan = plan
         self.device = torch.device(device) if device is not None else _model_device(model)
         if prediction_type != "epsilon" or not isinstance(model, (Unet, EpsModel)):
@@ -207,8 +206,11 @@ class Sampler:
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
         progress: bool = True,
         clip: bool = True,
+        check_finite: bool = True,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Sample ``batch_size`` images (B, channels, H, W), clipped to [−1, 1] unless ``clip=False``.
+        Raises :class:`~fastddpm.finite.NonFiniteSampleError` (a ValueError) when samples hold NaN
+        or inf — checked once, after the loop — unless ``check_finite=False``.
 
         ``noise="torch"``: torch's generator (``generator``, or the global one seeded by ``seed`` when
         given), the reference's draws in the reference's order. ``noise="philox"``: per-sample seeds —
@@ -250,7 +252,7 @@ class Sampler:
                 torch.manual_seed(torch_seed)
                 return self.sample(batch_size, image_size, channels, noise=noise,
                                    return_trajectory=return_trajectory, trajectory_stride=trajectory_stride,
-                                   progress=progress, clip=clip)
+                                   progress=progress, clip=clip, check_finite=check_finite)
 
         T = self.num_steps
         # Every step's timestep and step-index vectors, built once: step k uses the views [k].
@@ -280,6 +282,8 @@ class Sampler:
                                callback, progress)
         _synchronize(device)
         self.stats.sample_seconds = time.perf_counter() - start - self.stats.warmup_seconds
+        if check_finite:
+            check_finite_samples(x)  # one reduction, before the clamp (which would turn +inf into 1)
         if clip:
             x = x.clamp(-1.0, 1.0)
         if return_trajectory:

@@ -10,6 +10,7 @@ the torch ``Sampler`` (eager / compile / CUDA graph), ONNX Runtime and the whole
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Callable, Sequence
 
 import numpy as np
@@ -19,11 +20,12 @@ from ._schedule import schedule_alphas_cumprod
 from .ddim import ddim_coefficients
 from .ddpm import ddpm_coefficients
 from .dpmsolver import dpmsolver_coefficients
-from .plan import StepPlan, push_history
+from .plan import StepPlan, check_plan_fits, push_history
 from .timesteps import SPACINGS, explicit_timesteps, timestep_sequence
 from .unipc import unipc_coefficients, unipc_histories
 
-__all__ = ["SOLVERS", "METHODS", "SPACINGS", "Solver", "StepPlan", "build_plan", "push_history",
+__all__ = ["SOLVERS", "METHODS", "SPACINGS", "Solver", "StepPlan", "build_plan", "push_history", "check_plan_fits",
+           "plan_fits",
            "timestep_sequence", "explicit_timesteps"]
 
 
@@ -60,6 +62,21 @@ SOLVERS: dict[str, Solver] = {
 METHODS = tuple(SOLVERS)
 
 
+def _whole(name: str, value) -> int:
+    """An integer setting (ints, numpy integers; not bools, floats or strings), or a one-line ValueError."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+
+
+def plan_fits(plan, diffusion: GaussianDiffusion) -> StepPlan:
+    """``plan`` after checking it was made for ``diffusion`` (see ``check_plan_fits``)."""
+    return check_plan_fits(plan, diffusion.num_timesteps, schedule_alphas_cumprod(diffusion).numpy())
+
+
 def build_plan(
     diffusion: GaussianDiffusion,
     method: str = "ddpm",
@@ -78,7 +95,10 @@ def build_plan(
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     if order is None:
         order = solver.orders[0]
-    if isinstance(order, bool) or order not in solver.orders:
+    if steps is not None:
+        steps = _whole("steps", steps)
+    order = _whole("order", order)
+    if order not in solver.orders:
         if len(solver.orders) == 1:
             raise ValueError(f"order {order!r}: {method!r} has no order setting (its steps are first order)")
         raise ValueError(f"order {order!r}: {method!r} takes order {' or '.join(map(str, sorted(solver.orders)))}")

@@ -17,7 +17,7 @@ import torch
 
 from ..kernels.update_rows import HISTORY_ROWS, MAX_HISTORIES, NUM_ROWS, Row
 
-__all__ = ["StepPlan", "push_history"]
+__all__ = ["StepPlan", "push_history", "check_plan_fits"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -85,6 +85,22 @@ class StepPlan:
                 "spacing": self.spacing if self.spacing is not None else list(self.timesteps),
                 "eta": self.eta, "order": self.order, "histories": self.histories,
                 "timesteps": list(self.timesteps), "noisy": list(self.noisy)}
+
+
+def check_plan_fits(plan: Any, num_train_timesteps: int, alphas_cumprod: np.ndarray) -> StepPlan:
+    """``plan`` itself, after checking it is a StepPlan made for this schedule (T training steps, ᾱ):
+    its timesteps lie below T, an exact-reference plan visits all T, and its x̂_0 rows are this schedule's."""
+    if not isinstance(plan, StepPlan):
+        raise ValueError(f"plan= takes a StepPlan (for a fitted solver: **fit.sampler_kwargs()), got {type(plan).__name__}")
+    T = num_train_timesteps
+    if max(plan.timesteps) >= T:
+        raise ValueError(f"the plan visits timestep {max(plan.timesteps)}, beyond this diffusion's {T} training steps")
+    if plan.exact_reference and plan.steps != T:
+        raise ValueError(f"an exact-reference plan visits all {plan.steps} steps of its diffusion, not this one's {T}")
+    alpha = np.sqrt(np.asarray(alphas_cumprod, dtype=np.float64)[list(plan.timesteps)])
+    if not np.allclose(plan.coefs[Row.X0_FROM_X], 1 / alpha, rtol=1e-5, atol=0):
+        raise ValueError("the plan was made for another noise schedule (its x̂_0 rows do not match this diffusion's ᾱ)")
+    return plan
 
 
 T = TypeVar("T")

@@ -7,7 +7,7 @@ steps and ``lower_order_final``, the last step landing on x_0 (σ = 0, α = 1). 
 λ = log(α/σ) and m_k = x̂_0[k], the predictor of order p from step k (h = λ_{k+1} − λ_k, r_i =
 (λ_{k−i} − λ_k)/h) is
 
-    x_{k+1} = (σ_{k+1}/σ_k)·x_k^c − α_{k+1}(e^{−h} − 1)·m_k − α_{k+1}·B(h)·Σ_{i<p} ρ_i·(m_{k−i} − m_k)/r_i
+    x_{k+1} = (σ_{k+1}/σ_k)·x_k^c − α_{k+1}(e^{−h} − 1)·m_k − α_{k+1}·B(h)·Σ_{i=1…p−1} ρ_i·(m_{k−i} − m_k)/r_i
 
 and the corrector at step k > 0 (the order p of step k−1's predictor, its h and its r_i) recomputes the
 same update from the corrected x_{k−1}^c with m_k = x̂_0[k] as one more point (r = 1) and new weights ρ^c.
@@ -17,7 +17,7 @@ there and x̂_0[k] = F·x_k + G·ε̂_k (F = 1/α_k, G = −σ_k/α_k) is taken 
 (σ_k/σ_{k−1})·x_{k−1}^c − α_k(e^{−h} − 1)·m_{k−1}, is the very term the predictor of step k−1 used to
 produce x_k, so the two differ only in their m-sums:
 
-    x_k^c = x_k + Δ_k,   Δ_k = −α_k·B(h)·[Σ_{i<p} (ρ^c_i − ρ_i)·(m_{k−1−i} − m_{k−1})/r_i + ρ^c_p·(m_k − m_{k−1})]
+    x_k^c = x_k + Δ_k,   Δ_k = −α_k·B(h)·[Σ_{i=1…p−1} (ρ^c_i − ρ_i)·(m_{k−1−i} − m_{k−1})/r_i + ρ^c_p·(m_k − m_{k−1})]
 
 which is linear in m_k … m_{k−p} alone (no state term). Substituting x_k^c into step k's predictor and
 m_k = F·x_k + G·ε̂_k gives the rows X (= σ_{k+1}/σ_k), X0 (the weight of m_k) and HISTORY_j. The corrector of order 3 reaches m_{k−3}, so

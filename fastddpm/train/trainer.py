@@ -30,17 +30,23 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..config import FrozenConfig
-from ..io.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from ..io.checkpoint import (CheckpointError, check_diffusion_limits, check_weights_fit, read_checkpoint,
+                             write_checkpoint)
 from ..io.files import save_image_grid
 from ..io.shards import rank_and_world
 from ..reference.diffusion import LOSS_TYPES, DiffusionConfig, GaussianDiffusion
 from ..reference.unet import Unet, UnetConfig
 from .data import load_dataset
 
-__all__ = ["TrainConfig", "Trainer", "train", "read_train_config"]
+__all__ = ["TrainConfig", "Trainer", "train", "read_train_config", "NonFiniteLossError"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"  # full training state, for --resume
 MODEL_NAME = "model.safetensors"  # EMA weights + configs, for sampling
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss turned NaN or inf; the run stops without saving, so the checkpoints on disk are
+    the last ones written from finite weights."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +154,10 @@ class Trainer:
             self._stop_votes = int(packed[1].item())
             loss = packed[0] / self.world_size
         value = loss.item()
+        if not math.isfinite(value):  # the global loss under DDP: every process stops at the same step
+            raise NonFiniteLossError(
+                f"the training loss is {value} at step {self.step}; stopped without saving (the last checkpoint "
+                f"in {self.out_dir} holds the last finite weights, if one was written)")
         self.recent_losses = (self.recent_losses + [value])[-100:]
         return value
 
@@ -270,9 +280,20 @@ class Trainer:
         training = meta["training"]
         if steps is not None:
             config = dataclasses.replace(config, steps=steps)
-        trainer = cls(config, out_dir if out_dir is not None else path.parent, data=data, device=device)
         model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         ema_sd = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        # Everything the file claims is checked before the trainer allocates the model its config describes.
+        check_weights_fit(path, config.model, model_sd)
+        check_weights_fit(path, config.model, ema_sd)
+        step, pos = _state_int(path, training, "step"), _state_int(path, training, "pos")
+        for name in ("rng.torch", "data.perm"):
+            if name not in tensors:
+                raise CheckpointError(f"{path}: no {name!r} tensor: not a complete training checkpoint")
+        rng_state = tensors["rng.torch"]
+        if rng_state.dtype != torch.uint8 or rng_state.shape != torch.get_rng_state().shape:
+            raise CheckpointError(f"{path}: 'rng.torch' is {rng_state.dtype} {tuple(rng_state.shape)}; expected the "
+                                  f"torch generator state, uint8 {tuple(torch.get_rng_state().shape)}")
+        trainer = cls(config, out_dir if out_dir is not None else path.parent, data=data, device=device)
         try:
             trainer.model.load_state_dict(model_sd, strict=True)
             trainer.ema.load_state_dict(ema_sd, strict=True)
@@ -288,16 +309,22 @@ class Trainer:
             if max(state) >= len(params):
                 raise CheckpointError(f"{path}: optimizer state for parameter {max(state)} but the model has {len(params)}")
             trainer.optimizer.load_state_dict({"state": state, "param_groups": trainer.optimizer.state_dict()["param_groups"]})
-        trainer.step = int(training["step"])
-        trainer.pos = int(training["pos"])
+        trainer.step, trainer.pos = step, pos
         trainer.perm = tensors["data.perm"].long()
         if trainer.perm.numel() != trainer.data.shape[0]:
             raise CheckpointError(
                 f"{path}: the run trained on {trainer.perm.numel()} images but the data now has {trainer.data.shape[0]}"
             )
         trainer.recent_losses = list(training.get("recent_losses") or [])
-        torch.set_rng_state(tensors["rng.torch"])
+        torch.set_rng_state(rng_state)
         return trainer
+
+
+def _state_int(path: Path, training: dict[str, Any], name: str) -> int:
+    value = training.get(name)
+    if type(value) is not int or value < 0:
+        raise CheckpointError(f"{path}: training {name} must be a non-negative integer, got {value!r}")
+    return value
 
 
 def read_train_config(checkpoint: str | os.PathLike) -> TrainConfig:
@@ -311,7 +338,9 @@ def _training_config(path: Path, meta: dict[str, Any]) -> TrainConfig:
     if meta.get("kind") != "training":
         raise CheckpointError(f"{path}: a {meta.get('kind')!r} checkpoint has no training state; resume from {CHECKPOINT_NAME}")
     try:
-        return TrainConfig.from_dict(meta["training"]["config"])
+        config = TrainConfig.from_dict(meta["training"]["config"])
+        check_diffusion_limits(config.diffusion)
+        return config
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: bad training config ({exc})") from None
 
