@@ -26,7 +26,6 @@ def register(sub) -> None:
         "example: fastddpm sample --timesteps fit.json --out samples.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the bundled digits model)")
     parser.add_argument("--steps", type=positive_int, required=True, help="the solver's step count (model evaluations)")
     parser.add_argument("--method", choices=FIT_METHODS, default="dpmsolver++",
                         help="the solver to fit for (default dpmsolver++)")
@@ -35,12 +34,18 @@ def register(sub) -> None:
                         help="noise draws every candidate is judged on (default 64)")
     parser.add_argument("--teacher-steps", type=positive_int, default=100,
                         help="steps of the DPM-Solver++(2M) solve the fit approaches (default 100)")
+    _add_run_arguments(parser)
+    parser.set_defaults(func=command)
+
+
+def _add_run_arguments(parser) -> None:
+    """The model, seed, size, device and output flags both fit commands share."""
+    parser.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the bundled digits model)")
     parser.add_argument("--seed", type=seed, default=0, help="first per-sample seed of the fit batch (default 0)")
     parser.add_argument("--image-size", type=positive_int, help="sample size (default: the training size)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--out", required=True, help="output .json file")
     parser.add_argument("--no-progress", action="store_true", help="print nothing while fitting")
-    parser.set_defaults(func=command)
 
 
 def _write(out, fit) -> None:
@@ -63,7 +68,6 @@ def _register_solver(sub) -> None:
         "example: fastddpm sample --solver fit.json --out samples.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the bundled digits model)")
     parser.add_argument("--steps", type=positive_int, required=True, help="model evaluations per sample")
     parser.add_argument("--method", choices=FIT_SOLVERS, action="append",
                         help="a solver to start from (repeat for several; default: each of " + ", ".join(FIT_SOLVERS) + ")")
@@ -73,11 +77,7 @@ def _register_solver(sub) -> None:
     parser.add_argument("--teacher-steps", type=positive_int, default=100,
                         help="steps of the DPM-Solver++(2M) solve the fit approaches (default 100)")
     parser.add_argument("--iterations", type=positive_int, default=150, help="gradient steps (default 150)")
-    parser.add_argument("--seed", type=seed, default=0, help="first per-sample seed of the fit batch (default 0)")
-    parser.add_argument("--image-size", type=positive_int, help="sample size (default: the training size)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    parser.add_argument("--out", required=True, help="output .json file")
-    parser.add_argument("--no-progress", action="store_true", help="print nothing while fitting")
+    _add_run_arguments(parser)
     parser.set_defaults(func=solver_command)
 
 

@@ -164,11 +164,11 @@ def _solve(model, x_T: torch.Tensor, timesteps: Sequence[int], coefs: torch.Tens
     """The few-step solve of a plan's rows, differentiable in ``coefs`` (and x_T): the kernels' torch twin
     step by step. ``coefs`` float32 (NUM_ROWS, S) on x_T's device."""
     x, batch = x_T, x_T.shape[0]
-    history = [torch.zeros_like(x) for _ in range(max(histories, 1))]
+    history = [torch.zeros_like(x) for _ in range(histories)]  # a multistep plan: at least one
     for k, t in enumerate(timesteps):
         eps = model(x, torch.full((batch,), t, device=x.device, dtype=torch.long))
         index = torch.full((batch,), k, device=x.device, dtype=torch.long)
-        x, x0 = multistep_update(x, eps, index, coefs, history[:max(histories, 1)])
+        x, x0 = multistep_update(x, eps, index, coefs, history)
         history = [x0] + history[:-1]
     return x
 
@@ -251,8 +251,10 @@ def fit_solver(
             out = _solve(eps_model, x_T[s], start_plan.timesteps, coefs_of(d), start_plan.histories)
             return float(_distance(out, teacher[s]))
 
-    requires = [p.requires_grad for p in getattr(eps_model, "parameters", lambda: [])()]
-    for p in getattr(eps_model, "parameters", lambda: [])():
+    # Frozen weights: no gradients computed for them, and none left behind in the caller's model.
+    parameters = list(eps_model.parameters())
+    requires = [p.requires_grad for p in parameters]
+    for p in parameters:
         p.requires_grad_(False)
     try:
         start_error, heldout_start = distance(delta.detach(), fit_seed), distance(delta.detach(), heldout_seed)
@@ -272,7 +274,7 @@ def fit_solver(
                     best_delta, best_heldout, error = delta.detach().clone(), heldout, loss
                 bar.set_postfix(fit=f"{loss:.4f}", heldout=f"{heldout:.4f}", best=f"{best_heldout:.4f}")
     finally:
-        for p, flag in zip(getattr(eps_model, "parameters", lambda: [])(), requires):
+        for p, flag in zip(parameters, requires):
             p.requires_grad_(flag)
     if best_heldout < heldout_start:
         error = distance(best_delta, fit_seed)

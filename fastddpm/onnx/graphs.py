@@ -24,8 +24,7 @@ from .metadata import OnnxModelError
 __all__ = ["build_step_model", "build_sampler_model", "OPSET", "step_inputs"]
 
 OPSET = 18
-_RESERVED = {"x", "t", "coef", "noise", "history1", "history2", "history3", "x_next", "x0", "x_T", "sample",
-             "aux", "aux2"}  # aux, aux2: the step inputs' names before the plan rows had names
+_RESERVED = {"x", "t", "coef", "noise", "history1", "history2", "history3", "x_next", "x0", "x_T", "sample"}
 
 
 def _eps_nodes(eps_model, prefix: str, x_name: str, t_name: str):
