@@ -1,14 +1,17 @@
 """Fitted solvers on the bundled digits model against the named settings and the 1000-step ancestral
 sampler (a benchmark, not a test).
 
-For each step count: ``fastddpm.fit.solver.fit_solver`` on the bundled model (fit and held-out batches:
-philox seeds from 100000 on), then ``--num`` samples (seeds 0…num−1, never seen by the fit) from the
-fitted solver, from named settings at the same count and from the ancestral sampler over all 1000 steps.
+First the default of ``fastddpm sample`` (``fastddpm.load_sampler()``: the solver shipped for the bundled
+model) and the ancestral sampler over all 1000 steps; then, for each ``--steps`` count,
+``fastddpm.fit.solver.fit_solver`` on the bundled model (fit and held-out batches: philox seeds from 100000
+on), the fitted solver and named settings at the same count. Every row draws ``--num`` samples from
+philox seeds 0…num−1 (never seen by a fit).
 Scores: the share a held-out digits classifier recognises confidently (``digits_score``) and the Fréchet
 distance of the samples' 8×8-pooled pixels to real digits (the classifier's training split), beside the
 same distance for as many real held-out digits (the floor: what a perfect sampler scores at this count).
 
-    python benchmarks/bench_fit_solver_digits.py [--steps 5 10] [--num 256] [--out benchmarks/results/fit-solver-digits.csv]
+    python benchmarks/bench_fit_solver_digits.py [--steps 5 10] [--num 512] [--out benchmarks/results/fit-solver-digits.csv]
+    python benchmarks/bench_fit_solver_digits.py --steps --num 512   # the default against the ancestral sampler only
 """
 
 from __future__ import annotations
@@ -24,8 +27,13 @@ from common import append_rows, environment  # noqa: E402
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, nargs="+", default=[5, 10])
-    parser.add_argument("--num", type=int, default=256)
+    parser.add_argument("--steps", type=int, nargs="*", default=[5, 10],
+                        help="evaluations to fit and compare at (none: score only the default and the ancestral sampler)")
+    parser.add_argument("--named", type=int, nargs="*", default=[],
+                        help="also score the named settings at these evaluations (without fitting)")
+    parser.add_argument("--stochastic", type=int, nargs="*", default=[],
+                        help="also score the stochastic samplers at these steps: ancestral respaced, DDIM η=1")
+    parser.add_argument("--num", type=int, default=512)
     parser.add_argument("--fit-batch", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=150)
     parser.add_argument("--no-ancestral", action="store_true", help="skip the 1000-step baseline (minutes)")
@@ -35,7 +43,7 @@ def main(argv=None) -> int:
 
     import fastddpm
     from fastddpm import Sampler
-    from fastddpm.eval.quality import digits_score, frechet_distance, pooled_pixels, real_digits
+    from fastddpm.eval.quality import digits_score, frechet_distance, pooled_pixels, real_digits, score_pixels
     from fastddpm.fit.solver import fit_solver
 
     model, diffusion = fastddpm.load()
@@ -43,7 +51,9 @@ def main(argv=None) -> int:
     floor = frechet_distance(heldout[: args.num], reference)
     env = environment("cpu")
     rows = []
-    print(f"real held-out digits ({min(args.num, len(heldout))}): Fréchet distance to the reference split {floor:.4f}")
+    real = score_pixels(heldout[: args.num])
+    print(f"real held-out digits ({min(args.num, len(heldout))}): confident {real['confident']:.3f}, Fréchet distance "
+          f"to the reference split {floor:.4f} (the floor)")
     print("| sampler | evaluations | confident | classes | Fréchet (pooled pixels) | seconds |")
     print("|---|---|---|---|---|---|")
 
@@ -59,8 +69,22 @@ def main(argv=None) -> int:
                      "frechet_pooled": round(fd, 5), "frechet_floor": round(floor, 5), "seconds": round(seconds, 2),
                      **(extra or {})})
 
+    default = fastddpm.load_sampler()
+    score(f"default: fastddpm sample ({default.plan.method} fitted to the model)", len(default.plan.timesteps), default)
     if not args.no_ancestral:
         score("ancestral (ddpm, all steps)", diffusion.num_timesteps, Sampler(model, diffusion))
+    def named(steps):
+        for method in ("dpmsolver++", "unipc"):
+            for spacing in ("trailing", "logsnr"):
+                score(f"{method} ({spacing})", steps, Sampler(model, diffusion, method=method, steps=steps,
+                                                               spacing=spacing))
+
+    for steps in args.named:
+        named(steps)
+    for steps in args.stochastic:
+        score("ancestral respaced (ddpm, leading)", steps, Sampler(model, diffusion, method="ddpm", steps=steps))
+        score("ddim η=1 (logsnr)", steps, Sampler(model, diffusion, method="ddim", steps=steps, eta=1.0,
+                                                   spacing="logsnr"))
     for steps in args.steps:
         fit = fit_solver(model, diffusion, steps, image_size=16, channels=1, fit_batch=args.fit_batch,
                          teacher_steps=100, iterations=args.iterations, seed=100000, progress=True)
@@ -73,10 +97,7 @@ def main(argv=None) -> int:
         score(f"fitted solver ({fit.method} from {fit.start})", steps, Sampler(model, diffusion, **fit.sampler_kwargs(
             model, diffusion)), {"fit_seconds": round(fit.seconds, 1), "heldout_teacher_distance": json.dumps(
                 [round(fit.heldout_start_error, 5), round(fit.heldout_error, 5)])})
-        for method in ("dpmsolver++", "unipc"):
-            for spacing in ("trailing", "logsnr"):
-                score(f"{method} ({spacing})", steps, Sampler(model, diffusion, method=method, steps=steps,
-                                                               spacing=spacing))
+        named(steps)
     append_rows(args.out, rows)
     return 0
 

@@ -17,6 +17,7 @@ from .finite import NonFiniteSampleError
 from .sampling.sampler import Sampler
 from .fit.solver import FittedSolver, fit_solver
 from .fit.timesteps import FittedTimesteps, fit_timesteps
+from .defaults import load_sampler
 # onnx and onnxruntime (the "onnx" extra) are imported only when these are called.
 from .onnx import OnnxModelError, OrtSampler, export_onnx, export_onnx_sampler
 from .reference.unet import Unet, UnetConfig
@@ -40,6 +41,7 @@ __all__ = [
     "OnnxModelError",
     "save",
     "load",
+    "load_sampler",
     "CheckpointError",
     "GaussianDiffusion",
     "DiffusionConfig",

@@ -90,3 +90,17 @@ def test_a_configuration_that_cannot_run_is_reported_not_fatal(tmp_path):
     assert next(r for r in rows if r["config"] == "eager:fp32")["ms_per_step"] > 0
     with Image.open(tmp_path / "bench.png") as chart:
         assert chart.format == "PNG"
+
+
+def test_a_configuration_whose_extra_is_missing_is_skipped_with_the_install_line(monkeypatch):
+    find_spec = bench.importlib.util.find_spec
+    monkeypatch.setattr(bench.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "onnxruntime" else find_spec(name, *args))
+    rows = run_bench(BenchSettings(preset="tiny", batches=(2,), configs=("eager:fp32", "onnxruntime:fp32",
+                                                                         "onnxruntime-loop:fp32"), rounds=1, steps=3),
+                     None, progress=False, log=lambda text: None)
+    skipped = [r for r in rows if r["config"].startswith("onnxruntime")]
+    assert len(skipped) == 2
+    for row in skipped:
+        assert row["check"] == "skipped: needs onnxruntime: pip install 'fastddpm[onnx]'" and "ms_per_step" not in row
+    assert next(r for r in rows if r["config"] == "eager:fp32")["ms_per_step"] > 0

@@ -18,7 +18,7 @@ from fastddpm.onnx import OPSET, export_onnx, export_onnx_sampler, read_onnx  # 
 from fastddpm.onnx import CPU, default_providers  # noqa: E402
 from fastddpm.tolerances import FLOAT16_NETWORK, ONNX_RUNTIME_FLOAT32, assert_close, relative_error  # noqa: E402
 
-from test_cli import assert_one_line_error, run_cli  # noqa: E402
+from test_cli import assert_one_line_error, run_main  # noqa: E402
 
 IMAGE = 8
 T = 20
@@ -270,36 +270,36 @@ def test_sample_arguments_are_checked(exported):
         OrtSampler(exported, method="ddpm", eta=0.5)
 
 
-def test_cli_export_and_sample(model, diffusion, tmp_path):
+def test_cli_export_and_sample(model, diffusion, tmp_path, capsys):
     checkpoint = tmp_path / "tiny.safetensors"
     save(checkpoint, model, diffusion, image_size=IMAGE)
-    result = run_cli("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "eps.onnx"))
+    result = run_main(capsys, "export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "eps.onnx"))
     assert result.returncode == 0, result.stderr
-    result = run_cli("sample", "--onnx", str(tmp_path / "eps.onnx"), "--method", "ddim", "--steps", "4",
+    result = run_main(capsys, "sample", "--onnx", str(tmp_path / "eps.onnx"), "--method", "ddim", "--steps", "4",
                      "--num", "5", "--batch-size", "3", "--out", str(tmp_path / "s.npz"), "--no-progress")
     assert result.returncode == 0, result.stderr
     assert np.load(tmp_path / "s.npz")["arr_0"].shape == (5, IMAGE, IMAGE, 1)
-    result = run_cli("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "loop.onnx"), "--sampler",
+    result = run_main(capsys, "export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "loop.onnx"), "--sampler",
                      "--method", "dpmsolver++", "--steps", "5", "--order", "3")
     assert result.returncode == 0, result.stderr
     assert read_onnx(tmp_path / "loop.onnx").sampler["steps"] == 5
     assert read_onnx(tmp_path / "loop.onnx").sampler["order"] == 3
-    result = run_cli("sample", "--backend", "onnxruntime", "--onnx", str(tmp_path / "loop.onnx"), "--num", "2",
+    result = run_main(capsys, "sample", "--backend", "onnxruntime", "--onnx", str(tmp_path / "loop.onnx"), "--num", "2",
                      "--out", str(tmp_path / "l.png"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "l.png").is_file()
     # Errors: one line, exit 2, nothing written.
-    assert_one_line_error(run_cli("sample", "--onnx", str(tmp_path / "loop.onnx"), "--steps", "9",
+    assert_one_line_error(run_main(capsys, "sample", "--onnx", str(tmp_path / "loop.onnx"), "--steps", "9",
                                   "--out", str(tmp_path / "x.png")), "fixes its sampler")
-    assert_one_line_error(run_cli("sample", "--onnx", str(tmp_path / "loop.onnx"), "--order", "2",
+    assert_one_line_error(run_main(capsys, "sample", "--onnx", str(tmp_path / "loop.onnx"), "--order", "2",
                                   "--out", str(tmp_path / "x.png")), "order=2 (the file's is 3)")
-    assert_one_line_error(run_cli("sample", "--onnx", str(checkpoint), "--out", str(tmp_path / "x.png")),
+    assert_one_line_error(run_main(capsys, "sample", "--onnx", str(checkpoint), "--out", str(tmp_path / "x.png")),
                           "not an ONNX model")
-    assert_one_line_error(run_cli("sample", "--onnx", str(tmp_path / "eps.onnx"), "--backend", "eager",
+    assert_one_line_error(run_main(capsys, "sample", "--onnx", str(tmp_path / "eps.onnx"), "--backend", "eager",
                                   "--out", str(tmp_path / "x.png")), "does not go with --backend eager")
-    assert_one_line_error(run_cli("sample", "--onnx", str(tmp_path / "eps.onnx"), "--precision", "bf16",
+    assert_one_line_error(run_main(capsys, "sample", "--onnx", str(tmp_path / "eps.onnx"), "--precision", "bf16",
                                   "--out", str(tmp_path / "x.png")), "--precision does not apply")
-    assert_one_line_error(run_cli("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x.onnx"),
+    assert_one_line_error(run_main(capsys, "export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x.onnx"),
                                   "--steps", "3"), "--sampler export")
     # A timestep fit goes with an ε-model export of a model of its own length, never with a Loop export.
     from fastddpm import FittedTimesteps
@@ -308,7 +308,7 @@ def test_cli_export_and_sample(model, diffusion, tmp_path):
                heldout_start_error=1.0, heldout_error=0.6, evaluations=3, seconds=1.0)
     (tmp_path / "fit.json").write_text(FittedTimesteps(timesteps=(19, 9, 2), num_train_steps=T, **fit).to_json())
     (tmp_path / "far.json").write_text(FittedTimesteps(timesteps=(19, 9, 2), num_train_steps=50, **fit).to_json())
-    result = run_cli("sample", "--onnx", str(tmp_path / "eps.onnx"), "--timesteps", str(tmp_path / "fit.json"),
+    result = run_main(capsys, "sample", "--onnx", str(tmp_path / "eps.onnx"), "--timesteps", str(tmp_path / "fit.json"),
                      "--num", "2", "--out", str(tmp_path / "fit.npz"), "--no-progress")
     assert result.returncode == 0, result.stderr
     # The fit's timesteps are the ones sampled (the CLI draws from numpy's generator seeded with --seed 0).
@@ -317,9 +317,9 @@ def test_cli_export_and_sample(model, diffusion, tmp_path):
     expected = OrtSampler(tmp_path / "eps.onnx", method="dpmsolver++", spacing=(t for t in (19, 9, 2))).sample(
         2, seed=np.random.default_rng(0), progress=False)
     assert np.array_equal(np.load(tmp_path / "fit.npz")["arr_0"], to_uint8_images(torch.from_numpy(expected)))
-    assert_one_line_error(run_cli("sample", "--onnx", str(tmp_path / "loop.onnx"), "--timesteps",
+    assert_one_line_error(run_main(capsys, "sample", "--onnx", str(tmp_path / "loop.onnx"), "--timesteps",
                                   str(tmp_path / "fit.json"), "--out", str(tmp_path / "x.png")), "whole-sampler export")
-    assert_one_line_error(run_cli("sample", "--onnx", str(tmp_path / "eps.onnx"), "--timesteps",
+    assert_one_line_error(run_main(capsys, "sample", "--onnx", str(tmp_path / "eps.onnx"), "--timesteps",
                                   str(tmp_path / "far.json"), "--out", str(tmp_path / "x.png")),
                           "fitted for a model of 50 timesteps")
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.onnx").exists()

@@ -1,6 +1,7 @@
 """How the distribution installs: the kernels folder is `fastddpm.kernels`, never a top-level `kernels`."""
 
 import importlib.metadata
+import os
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,20 @@ def test_every_source_folder_is_a_package():
 
 def test_console_script_declared():
     scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
-    assert scripts.get("fastddpm") == "fastddpm.cli:run"
+    assert scripts.get("fastddpm") == "fastddpm_launcher:run"
+
+
+def test_the_console_script_sets_a_passive_openmp_wait_policy_unless_told(monkeypatch):
+    import fastddpm.cli
+    import fastddpm_launcher
+
+    seen = []
+    monkeypatch.setattr(fastddpm.cli, "run", lambda: seen.append(os.environ.get("OMP_WAIT_POLICY")))
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    fastddpm_launcher.run()
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a user's own choice is kept
+    fastddpm_launcher.run()
+    assert seen == ["PASSIVE", "ACTIVE"]
 
 
 def test_public_api():

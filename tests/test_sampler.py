@@ -80,7 +80,7 @@ def test_philox_sample_depends_only_on_its_seed(model, diffusion):
     # (CPU GEMM/conv blocking depends on the batch), so images agree to float32 rounding over 200 steps.
     sampler = Sampler(model, diffusion)
     seven = sampler.sample(7, 8, 1, noise="philox", seed=100, progress=False, clip=False)
-    big = sampler.sample(64, 8, 1, noise="philox", seed=100, progress=False, clip=False)
+    big = sampler.sample(16, 8, 1, noise="philox", seed=100, progress=False, clip=False)
     assert_close(seven, big[:7], rtol=1e-5)
     for position in (0, 3, 6):
         alone = sampler.sample(1, 8, 1, noise="philox", seed=100 + position, progress=False, clip=False)

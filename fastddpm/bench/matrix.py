@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import os
 import shutil
 import statistics
@@ -58,6 +59,18 @@ class _Case:
     build: Callable[[], Callable[[], torch.Tensor]]  # builds the run (sampler, export, session); may fail
     tolerance: float
     memory_visible: bool = True
+    skip: str = ""  # why it is not run at all (an optional extra that is not installed)
+
+
+# The modules each optional backend needs, and the extra that installs them.
+_EXTRAS = {backend: (("onnx", "onnxscript", "onnxruntime"), "onnx") for backend in ORT_BACKENDS}
+
+
+def _missing_extra(backend: str) -> str:
+    """"" when ``backend`` can be tried here, else what to install (a skipped row, not a failure)."""
+    modules, extra = _EXTRAS.get(backend, ((), ""))
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    return f"needs {', '.join(missing)}: pip install 'fastddpm[{extra}]'" if missing else ""
 
 
 def _load_preset(preset: Preset, device: torch.device):
@@ -148,7 +161,8 @@ def _run_matrix(settings: BenchSettings, device: torch.device, workdir: Path, pr
             elif backend in ORT_BACKENDS:
                 cases.append(_Case(name, functools.partial(_ort_case, backend, precision, model, chain, sampler_args,
                                                            size, device, exports, workdir, x_T, noise),
-                                   _tolerance(backend, precision), memory_visible=device.type == "cpu"))
+                                   _tolerance(backend, precision), memory_visible=device.type == "cpu",
+                                   skip=_missing_extra(backend)))
             else:
                 cases.append(_Case(name, functools.partial(torch_case, backend, precision),
                                    _tolerance(backend, precision)))
@@ -159,6 +173,10 @@ def _run_matrix(settings: BenchSettings, device: torch.device, workdir: Path, pr
         results: dict[str, dict[str, Any]] = {}
         runs: dict[str, Callable[[], torch.Tensor]] = {}
         for case in cases:
+            if case.skip:
+                results[case.name] = {"check": f"skipped: {case.skip}"}
+                bar.update(1 + settings.rounds)
+                continue
             try:  # a backend that cannot be built or run here is reported, not fatal
                 start = time.perf_counter()
                 runs[case.name] = case.build()

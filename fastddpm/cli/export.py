@@ -55,7 +55,7 @@ def command(args: argparse.Namespace) -> None:
                   dynamic_size=not args.static_size)
     try:
         if args.sampler:
-            export_onnx_sampler(loaded.model, out, **common, **sampler_settings(args))
+            export_onnx_sampler(loaded.model, out, **common, **sampler_settings(args, loaded.model, loaded.diffusion))
         else:
             export_onnx(loaded.model, out, **common)
     except (OnnxModelError, ValueError, RuntimeError) as exc:

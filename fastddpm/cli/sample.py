@@ -8,6 +8,7 @@ import hashlib
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from ..io.files import atomic_path, save_image_grid, to_uint8_images
 from ..io.shards import ShardError, rank_and_world, sample_shards
 from ..onnx import CPU, CUDA, OnnxModelError, OrtSampler, read_onnx
 from ..onnx.metadata import EPS_MODEL
+from ..onnx.openvino import OpenVinoEpsModel
 from ..reference.diffusion import GaussianDiffusion
 from ..sampling.adapters import load_diffusers
 from ..finite import NonFiniteSampleError
@@ -27,7 +29,8 @@ from .common import (NEEDS_ONNX, CLIError, RunError, check_writable_folder, chec
                      process_device, seed)
 from .solver import add_sampler_arguments, check_fit_matches, sampler_settings
 
-ONNXRUNTIME = "onnxruntime"  # the CLI's backend beside the Sampler's: an ONNX export in ONNX Runtime
+ONNXRUNTIME = "onnxruntime"  # the CLI's backends beside the Sampler's: an ONNX export in ONNX Runtime,
+OPENVINO = "openvino"  # or its U-Net in OpenVINO under the torch sampler's loop
 
 
 def register(sub) -> None:
@@ -35,9 +38,11 @@ def register(sub) -> None:
         "sample",
         help="sample images from a checkpoint (default: the bundled digits model)",
         description="Sample images from a model and write a PNG grid (.png) or uint8 images (.npz).\n\n"
-        "Default: the ancestral DDPM sampler over all timesteps of the bundled digits model. An .npz holds\n"
-        "array 'arr_0' shaped (N, H, W, C), the layout FID tools read.",
-        epilog="example: fastddpm sample --method dpmsolver++ --steps 20 --out samples.png\n"
+        "Default: the bundled digits model with the solver fitted to it (5 evaluations per image); other\n"
+        "models: DPM-Solver++ over 20 steps. --method ddpm is the reference's ancestral sampler over every\n"
+        "timestep. An .npz holds array 'arr_0' shaped (N, H, W, C), the layout FID tools read.",
+        epilog="example: fastddpm sample --out samples.png\n"
+        "example: fastddpm sample --method ddpm --out ancestral.png   (the reference's sampler, all steps)\n"
         "example: fastddpm sample --checkpoint runs/train/model.safetensors --num 16 --out mine.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -53,8 +58,9 @@ def register(sub) -> None:
     parser.add_argument("--image-size", type=positive_int, help="sample size (default: the training size)")
     parser.add_argument("--channels", type=positive_int, help="check the checkpoint has this many channels")
     add_sampler_arguments(parser)
-    parser.add_argument("--backend", choices=(*BACKENDS, ONNXRUNTIME), default="auto",
-                        help="sampler backend (default auto: cudagraph on CUDA, eager on CPU, onnxruntime with --onnx)")
+    parser.add_argument("--backend", choices=(*BACKENDS, ONNXRUNTIME, OPENVINO), default="auto",
+                        help="sampler backend (default auto: cudagraph on CUDA, eager on CPU, onnxruntime with --onnx; "
+                        "openvino: an --onnx ε-model export's U-Net in OpenVINO, pip install 'fastddpm[openvino]')")
     parser.add_argument("--onnx", metavar="MODEL.onnx",
                         help="sample from this ONNX export (fastddpm export) in ONNX Runtime")
     parser.add_argument("--precision", choices=tuple(PRECISIONS),
@@ -73,6 +79,7 @@ def register(sub) -> None:
 
 
 def command(args: argparse.Namespace) -> None:
+    args.started = time.perf_counter()  # the time _write_samples reports: loading, sampling and writing
     if args.out_dir is not None and args.noise == "torch":
         raise CLIError("--out-dir keys each image by its own seed: it samples with --noise philox")
     args.noise = args.noise or ("philox" if args.out_dir is not None else "torch")
@@ -88,6 +95,8 @@ def command(args: argparse.Namespace) -> None:
         check_writable_folder(args.out_dir)
     if args.onnx is not None and args.backend == "auto":
         args.backend = ONNXRUNTIME
+    if args.backend == OPENVINO:
+        return _sample_openvino(args, out)
     if args.backend == ONNXRUNTIME:
         if args.out_dir is not None:
             raise CLIError("--out-dir (sharded sampling) runs the torch backends, not onnxruntime")
@@ -136,7 +145,7 @@ def _sample_torch(args: argparse.Namespace, out: Path, on: torch.device) -> None
     precision = args.precision or "fp32"
     try:
         check_fit_matches(args, diffusion, model)
-        settings = sampler_settings(args)
+        settings = sampler_settings(args, model, diffusion)
         sampler = Sampler(model, diffusion, backend=args.backend, dtype=PRECISIONS[precision], **settings)
     except (RuntimeError, ValueError) as exc:
         raise CLIError(one_line(exc)) from None
@@ -161,6 +170,11 @@ def _sample_torch(args: argparse.Namespace, out: Path, on: torch.device) -> None
         if rank_and_world()[0] == 0:
             print(f"wrote {args.num} samples in {len(manifest['shards'])} shard(s) and {args.out_dir}/manifest.json")
         return
+    _write_samples(_sample_batches(sampler, args, image_size, channels), out, image_size, channels, args, sampler.plan)
+
+
+def _sample_batches(sampler: Sampler, args: argparse.Namespace, image_size: int, channels: int) -> torch.Tensor:
+    """--num images in batches of --batch-size from one seeded stream (or per-image philox seeds)."""
     torch.manual_seed(args.seed)
     batches = []
     done = 0
@@ -179,7 +193,41 @@ def _sample_torch(args: argparse.Namespace, out: Path, on: torch.device) -> None
         except (ValueError, RuntimeError) as exc:  # e.g. seeds past 2**63 - 1, or a model that fails
             raise CLIError(one_line(exc)) from None
         done += n
-    _write_samples(torch.cat(batches), out, image_size, channels, args.num)
+    return torch.cat(batches)
+
+
+def _sample_openvino(args: argparse.Namespace, out: Path) -> None:
+    """An ε-model export's U-Net in OpenVINO, the loop and its float32 update in the torch sampler."""
+    if args.onnx is None:
+        raise CLIError("--backend openvino runs an ONNX export: pass --onnx MODEL.onnx (see fastddpm export)")
+    for flag, value in (("--checkpoint", args.checkpoint), ("--diffusers", args.diffusers),
+                        ("--channels", args.channels), ("--out-dir", args.out_dir)):
+        if value is not None:
+            raise CLIError(f"{flag} does not apply to --backend openvino")
+    if args.device != "cpu":
+        raise CLIError("--backend openvino runs on the CPU: use --device cpu")
+    try:
+        import onnx  # noqa: F401  (fastddpm.onnx reads the export with it)
+    except ImportError:
+        raise CLIError(NEEDS_ONNX) from None
+    try:
+        eps_model = OpenVinoEpsModel(args.onnx, precision=args.precision or "fp32")
+        diffusion = GaussianDiffusion.from_config(eps_model.export.diffusion)
+        check_fit_matches(args, diffusion)
+        sampler = Sampler(eps_model, diffusion, backend="eager", **sampler_settings(args, diffusion=diffusion))
+    except ImportError as exc:
+        raise CLIError(str(exc)) from None
+    except (OnnxModelError, ValueError) as exc:
+        raise CLIError(one_line(exc)) from None
+    height, width = eps_model.image_size
+    image_size = args.image_size or height
+    if args.image_size is None and height != width:
+        raise CLIError(f"the export's default size is {eps_model.image_size}; pass --image-size for a square sample")
+    images = _sample_batches(sampler, args, image_size, eps_model.channels)
+    if eps_model.effective_precision != eps_model.precision:
+        print(f"fastddpm: note: OpenVINO ran the U-Net in {eps_model.effective_precision}, not "
+              f"{eps_model.precision}: this CPU has no instructions for it", file=sys.stderr)
+    _write_samples(images, out, image_size, eps_model.channels, args, sampler.plan)
 
 
 def _load_diffusers(folder: str, on: torch.device):
@@ -193,14 +241,25 @@ def _load_diffusers(folder: str, on: torch.device):
         raise CLIError(f"--diffusers {folder}: {str(exc).splitlines()[0]}") from None
 
 
-def _write_samples(images: torch.Tensor, out: Path, image_size: int, channels: int, num: int) -> None:
+def _write_samples(images: torch.Tensor, out: Path, image_size: int, channels: int, args: argparse.Namespace,
+                   plan) -> None:
     if out.suffix.lower() == ".png":
         save_image_grid(images, out, scale=max(1, 64 // image_size))
     else:
         with atomic_path(out) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, arr_0=to_uint8_images(images))
-    print(f"wrote {num} samples ({image_size}x{image_size}, {channels} channel(s)) to {out}")
+    seconds = time.perf_counter() - args.started
+    print(f"wrote {args.num} samples ({image_size}x{image_size}, {channels} channel(s)) to {out} in {seconds:.1f} s "
+          f"({_describe(plan)})")
+
+
+def _describe(plan) -> str:
+    """""What sampled: "dpmsolver++ fitted to the model, 5 steps", "ddpm, 1000 steps"."""
+    if plan is None:
+        return "the export's own sampler"
+    how = f"{plan.method} fitted to the model" if plan.spacing is None else plan.method
+    return f"{how}, {len(plan.timesteps)} steps"
 
 
 def _sample_onnx(args: argparse.Namespace, out: Path) -> None:
@@ -224,7 +283,7 @@ def _sample_onnx(args: argparse.Namespace, out: Path) -> None:
         # An ε-model export samples like a checkpoint (the CLI's defaults); a whole-sampler export fixes its own.
         if export.kind == EPS_MODEL:
             check_fit_matches(args, GaussianDiffusion.from_config(export.diffusion))
-            settings = sampler_settings(args)
+            settings = sampler_settings(args, diffusion=GaussianDiffusion.from_config(export.diffusion))
         elif args.timesteps is not None or args.solver is not None:
             raise CLIError(f"{args.onnx} is a whole-sampler export: it fixes its timesteps (--timesteps and "
                            "--solver go with an ε-model export or a checkpoint)")
@@ -249,4 +308,4 @@ def _sample_onnx(args: argparse.Namespace, out: Path) -> None:
         except (ValueError, RuntimeError) as exc:  # ORT's run-time errors are RuntimeErrors
             raise CLIError(one_line(exc)) from None
         done += n
-    _write_samples(torch.cat(batches), out, image_size, sampler.channels, args.num)
+    _write_samples(torch.cat(batches), out, image_size, sampler.channels, args, sampler.plan)

@@ -7,17 +7,17 @@ import argparse
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..defaults import DEFAULT_METHOD, DEFAULT_SPACING, DEFAULT_STEPS, solver_settings
 from ..fit.solver import FittedSolver
 from ..fit.timesteps import FittedTimesteps
 from ..solvers import METHODS, SOLVERS, SPACINGS
 from .common import CLIError, one_line, positive_int
 
-__all__ = ["ORDERS", "DEFAULT_SPACING", "order_help", "add_sampler_arguments", "read_fit", "sampler_settings",
+__all__ = ["ORDERS", "order_help", "add_sampler_arguments", "read_fit", "sampler_settings",
            "check_fit_matches"]
 
 # Every order some solver takes: the solver checks the one asked for against its own.
 ORDERS = tuple(sorted({order for solver in SOLVERS.values() for order in solver.orders}))
-DEFAULT_SPACING = "logsnr"  # the CLI's default: even in log-SNR, best for few steps
 
 
 def _ordered(methods: Iterable[str]) -> list[str]:
@@ -40,10 +40,12 @@ def order_help(methods: Iterable[str] = METHODS) -> str:
 
 def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=METHODS,
-                        help="ddpm: ancestral (default); ddim (--eta 0: deterministic), dpmsolver++ and unipc: "
-                        "few steps")
+                        help=f"default: the bundled model's fitted 5-step solver, {DEFAULT_METHOD} for other models; "
+                        "ddpm: the reference's ancestral sampler (all timesteps unless --steps); ddim (--eta 0: "
+                        "deterministic), dpmsolver++ and unipc: few steps")
     parser.add_argument("--steps", type=positive_int,
-                        help="sampling steps (default: all the model's timesteps); fewer respace the chain")
+                        help=f"sampling steps (default {DEFAULT_STEPS} for the few-step methods, all the model's "
+                        "timesteps for ddpm); fewer respace the chain")
     parser.add_argument("--eta", type=float, help="DDIM's η (default 0: deterministic); ddim only")
     parser.add_argument("--spacing", choices=SPACINGS,
                         help=f"where the --steps timesteps fall (default {DEFAULT_SPACING}: even in log-SNR, best for "
@@ -100,18 +102,19 @@ def read_solver(args: argparse.Namespace) -> FittedSolver | None:
     return fit
 
 
-def sampler_settings(args: argparse.Namespace) -> dict[str, Any]:
+def sampler_settings(args: argparse.Namespace, model: Any = None, diffusion=None) -> dict[str, Any]:
     """The solver keywords of ``Sampler`` / ``OrtSampler`` / ``export_onnx_sampler``: the fitted solver's plan
-    with --solver; the fit's method, timesteps and order with --timesteps; else the flags with the CLI's
-    defaults (order None: the solver's)."""
+    with --solver; the fit's method, timesteps and order with --timesteps; with no solver flag at all,
+    ``fastddpm.defaults`` (the bundled model's fitted solver when ``model`` is it); else the flags, completed
+    as ``defaults.solver_settings`` does (order None: the solver's)."""
     solver = read_solver(args)
     if solver is not None:
         return {"plan": solver.plan()}
     fit = read_fit(args)
     if fit is not None:
         return {"steps": None, "eta": None, "order": None, **fit.sampler_kwargs()}
-    return dict(method=args.method or "ddpm", steps=args.steps, eta=args.eta, spacing=args.spacing or DEFAULT_SPACING,
-                order=args.order)
+    return solver_settings(model, diffusion, method=args.method, steps=args.steps, eta=args.eta, spacing=args.spacing,
+                           order=args.order)
 
 
 def check_fit_matches(args: argparse.Namespace, diffusion, model=None) -> None:

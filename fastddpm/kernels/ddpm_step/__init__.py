@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._dispatch import check_update_inputs, resolve_impl
+from .._dispatch import call_twin_directly, check_update_inputs, resolve_impl
 from . import naive
 
 __all__ = ["ddpm_step"]
@@ -46,8 +46,9 @@ def ddpm_step(
     the table on the device, unchecked (checking would sync with the host every step).
     """
     check_update_inputs(x, eps, table, 4, noise, seeds, t=t)
-    return _ddpm_step_op(
-        x.contiguous(), eps.contiguous(), t.contiguous(), table.contiguous(),
-        None if noise is None else noise.contiguous(), None if seeds is None else seeds.contiguous(),
-        resolve_impl(impl, x),
-    )
+    impl = resolve_impl(impl, x)
+    args = (x.contiguous(), eps.contiguous(), t.contiguous(), table.contiguous(),
+            None if noise is None else noise.contiguous(), None if seeds is None else seeds.contiguous())
+    if call_twin_directly(impl):
+        return naive.ddpm_step(*args)
+    return _ddpm_step_op(*args, impl)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._dispatch import check_update_inputs, resolve_impl
+from .._dispatch import call_twin_directly, check_update_inputs, resolve_impl
 from ..update_rows import NUM_ROWS
 from . import naive
 
@@ -47,8 +47,9 @@ def linear_step(
     noise when ``seeds`` is given instead of ``noise``. Steps with NOISE_k = 0 add no noise.
     """
     check_update_inputs(x, eps, coefs, NUM_ROWS, noise, seeds, k=k, t=t)
-    return _linear_step_op(
-        x.contiguous(), eps.contiguous(), k.contiguous(), coefs.contiguous(), t.contiguous(),
-        None if noise is None else noise.contiguous(), None if seeds is None else seeds.contiguous(),
-        resolve_impl(impl, x),
-    )
+    impl = resolve_impl(impl, x)
+    args = (x.contiguous(), eps.contiguous(), k.contiguous(), coefs.contiguous(), t.contiguous(),
+            None if noise is None else noise.contiguous(), None if seeds is None else seeds.contiguous())
+    if call_twin_directly(impl):
+        return naive.linear_step(*args)
+    return _linear_step_op(*args, impl)

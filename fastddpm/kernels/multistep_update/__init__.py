@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from .._dispatch import check_update_inputs, resolve_impl
+from .._dispatch import call_twin_directly, check_update_inputs, resolve_impl
 from ..update_rows import MAX_HISTORIES, NUM_ROWS
 from . import naive
 
@@ -45,6 +45,10 @@ def multistep_update(
         if earlier.shape != x.shape:
             raise ValueError(f"history[{j - 1}] must have x's shape {tuple(x.shape)}, got {tuple(earlier.shape)}")
     check_update_inputs(x, eps, coefs, NUM_ROWS, history[0], None, k=k)
+    impl = resolve_impl(impl, x)
+    if call_twin_directly(impl):
+        return naive.multistep_update(x.contiguous(), eps.contiguous(), k.contiguous(), coefs.contiguous(),
+                                      [t.contiguous() for t in history])
     h = [t.contiguous() for t in history] + [None] * (MAX_HISTORIES - len(history))
     return _multistep_update_op(x.contiguous(), eps.contiguous(), k.contiguous(), coefs.contiguous(), h[0], h[1], h[2],
-                                resolve_impl(impl, x))
+                                impl)

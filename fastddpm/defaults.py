@@ -1,0 +1,84 @@
+"""What fastddpm samples with when nobody says: the bundled model's fitted few-step solver, or a named
+few-step setting for any other model. ``fastddpm sample`` and :func:`load_sampler` share this, so the
+README's Python example draws what the command line draws.
+
+- The bundled digits model ships with a solver fitted to it (``fastddpm fit-solver --steps 5``; see
+  docs/sampling.md for how it was made and how it scores against the 1000-step ancestral sampler).
+- Any other model gets DPM-Solver++ (2M) over ``DEFAULT_STEPS`` steps spaced evenly in log-SNR: the named
+  setting that came closest to the ancestral sampler on the digits proxy at a few evaluations.
+- The reference's own sampler (ancestral, every timestep) is ``method="ddpm"``: one keyword away.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .fit.solver import FittedSolver, model_sha256
+from .io.checkpoint import load
+from .reference.diffusion import GaussianDiffusion
+from .sampling.sampler import Sampler
+
+__all__ = ["DEFAULT_METHOD", "DEFAULT_STEPS", "DEFAULT_SPACING", "bundled_solver_path", "bundled_solver",
+           "default_sampler_kwargs", "solver_settings", "load_sampler"]
+
+DEFAULT_METHOD = "dpmsolver++"
+DEFAULT_STEPS = 20  # diffusers' advice for DPM-Solver++ on an unknown model; the digits model needs ~10
+DEFAULT_SPACING = "logsnr"
+
+
+def bundled_solver_path() -> Path:
+    """The solver fitted to the bundled model (5 evaluations), shipped beside it."""
+    return Path(__file__).resolve().parent / "data" / "digits16-solver5.json"
+
+
+@functools.lru_cache(maxsize=1)
+def bundled_solver() -> FittedSolver:
+    """The bundled model's fitted solver (read once; a FittedSolver is frozen)."""
+    return FittedSolver.from_json(bundled_solver_path().read_text(encoding="utf-8"))
+
+
+def default_sampler_kwargs(model: Any, diffusion: GaussianDiffusion) -> dict[str, Any]:
+    """The solver keywords of :class:`Sampler` (and ``OrtSampler``, ``export_onnx_sampler``) for ``model``:
+    the bundled fit's plan when ``model`` has the bundled weights and diffusion (checked by sha256, ~10 ms),
+    else ``DEFAULT_METHOD`` over ``min(DEFAULT_STEPS, T)`` steps."""
+    fit = bundled_solver()
+    if diffusion.config == fit.diffusion and model_sha256(model) == fit.model_sha256:
+        return {"plan": fit.plan()}
+    return {"method": DEFAULT_METHOD, "steps": min(DEFAULT_STEPS, diffusion.num_timesteps),
+            "spacing": DEFAULT_SPACING}
+
+
+def solver_settings(model: Any, diffusion: GaussianDiffusion | None, *, method: str | None = None,
+                    steps: int | None = None, eta: float | None = None, spacing: str | None = None,
+                    order: int | None = None) -> dict[str, Any]:
+    """The solver keywords for the settings a user gave (None: not given), as the CLI reads its flags: none
+    at all → :func:`default_sampler_kwargs` (a named default when ``model`` is None); some → those, with
+    ``DEFAULT_METHOD``, ``DEFAULT_SPACING`` and (for the few-step methods) ``DEFAULT_STEPS`` for the missing
+    ones. ``method="ddpm"`` without ``steps`` is the reference's sampler over every timestep."""
+    if all(v is None for v in (method, steps, eta, spacing, order)) and model is not None and diffusion is not None:
+        return default_sampler_kwargs(model, diffusion)
+    method = method or DEFAULT_METHOD
+    if steps is None and method != "ddpm":
+        steps = DEFAULT_STEPS if diffusion is None else min(DEFAULT_STEPS, diffusion.num_timesteps)
+    return {"method": method, "steps": steps, "eta": eta, "spacing": spacing or DEFAULT_SPACING, "order": order}
+
+
+def load_sampler(path: str | os.PathLike | None = None, *, device: torch.device | str = "cpu",
+                 method: str | None = None, steps: int | None = None, eta: float | None = None,
+                 spacing: str | None = None, order: int | None = None, **sampler_options: Any) -> Sampler:
+    """A :class:`Sampler` for a checkpoint (the bundled model when ``path`` is None) as ``fastddpm sample``
+    makes it: with no solver keyword, the default solver (:func:`default_sampler_kwargs`); with some, those
+    completed by :func:`solver_settings`. ``plan=`` / ``timesteps=`` and the rest (``backend=``, ``dtype=``)
+    pass through to ``Sampler``."""
+    model, diffusion = load(path, device=device)
+    if "plan" in sampler_options or "timesteps" in sampler_options:
+        settings = {k: v for k, v in dict(method=method, steps=steps, eta=eta, spacing=spacing, order=order).items()
+                    if v is not None}
+    else:
+        settings = solver_settings(model, diffusion, method=method, steps=steps, eta=eta, spacing=spacing, order=order)
+    return Sampler(model, diffusion, **settings, **sampler_options)

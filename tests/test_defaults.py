@@ -1,0 +1,73 @@
+"""What fastddpm samples with when nobody says (``fastddpm.defaults``): the shipped fitted solver for the
+bundled model, DPM-Solver++ for any other, the same in the CLI and in ``load_sampler``."""
+
+import fnmatch
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import fastddpm
+from fastddpm import GaussianDiffusion, Sampler
+from fastddpm.defaults import (DEFAULT_METHOD, DEFAULT_STEPS, bundled_solver, bundled_solver_path,
+                               default_sampler_kwargs)
+from fastddpm.fit.solver import model_sha256
+from fastddpm.io.files import to_uint8_images
+
+from test_cli import run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_shipped_solver_was_fitted_to_the_shipped_model():
+    # Fails when the bundled model is retrained without refitting its solver (or the fit file is edited).
+    model, diffusion = fastddpm.load()
+    fit = bundled_solver()
+    fit.check(model, diffusion)
+    assert fit.model_sha256 == model_sha256(model) and len(fit.timesteps) == 5
+    assert fit.heldout_error <= fit.heldout_start_error  # a fit never returns a plan worse than its start
+    kwargs = default_sampler_kwargs(model, diffusion)
+    assert set(kwargs) == {"plan"} and kwargs["plan"].timesteps == fit.timesteps
+    np.testing.assert_array_equal(kwargs["plan"].coefs, fit.plan().coefs)
+
+
+def test_the_shipped_solver_is_package_data():
+    # An editable install reads the source tree; `pip install .` ships only what package-data names.
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["fastddpm"]
+    relative = bundled_solver_path().relative_to(ROOT / "fastddpm").as_posix()
+    assert any(fnmatch.fnmatch(relative, p) for p in patterns), (relative, patterns)
+
+
+def test_another_model_gets_the_named_few_step_default(small_unet):
+    for T in (50, 10):
+        kwargs = default_sampler_kwargs(small_unet, GaussianDiffusion(T))
+        assert kwargs == {"method": DEFAULT_METHOD, "steps": min(DEFAULT_STEPS, T), "spacing": "logsnr"}
+    # The bundled weights under another diffusion are another model too.
+    model, _ = fastddpm.load()
+    assert "plan" not in default_sampler_kwargs(model, GaussianDiffusion(1000, "cosine"))
+
+
+def test_load_sampler_is_what_the_cli_samples(tmp_path):
+    out = tmp_path / "s.npz"
+    result = run_cli("sample", "--num", "3", "--batch-size", "2", "--out", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "dpmsolver++ fitted to the model, 5 steps" in result.stdout or "unipc fitted to the model, 5 steps" in result.stdout
+    sampler = fastddpm.load_sampler()
+    assert sampler.plan.timesteps == bundled_solver().timesteps
+    torch.manual_seed(0)  # the CLI's --seed 0 and its batches of 2 from one stream
+    images = torch.cat([sampler.sample(2, 16, 1, progress=False), sampler.sample(1, 16, 1, progress=False)])
+    with np.load(out) as archive:
+        np.testing.assert_array_equal(archive["arr_0"], to_uint8_images(images))
+
+
+def test_load_sampler_solver_keywords_replace_the_default(small_unet, tmp_path):
+    reference = fastddpm.load_sampler(method="ddpm")
+    assert reference.plan.method == "ddpm" and len(reference.plan.timesteps) == 1000
+    few = fastddpm.load_sampler(steps=7)  # any solver keyword: the named setting, as `sample --steps 7`
+    assert few.plan.method == DEFAULT_METHOD and len(few.plan.timesteps) == 7
+    path = tmp_path / "small.safetensors"
+    fastddpm.save(path, small_unet, GaussianDiffusion(30), image_size=8)
+    sampler = fastddpm.load_sampler(path)
+    assert isinstance(sampler, Sampler) and sampler.plan.method == DEFAULT_METHOD
+    assert len(sampler.plan.timesteps) == 20
