@@ -24,6 +24,19 @@ UNET_CONFIGS = {
 }
 
 
+@pytest.fixture(scope="session")
+def small_eps_export(tmp_path_factory):
+    """The small U-Net (as ``small_unet`` builds it) exported as an ε-model (T=20 linear, 8×8): one export
+    (~25 s of torch.onnx.export here) shared by the ONNX Runtime and OpenVINO tests."""
+    pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
+    from fastddpm import GaussianDiffusion, Unet, export_onnx
+
+    torch.manual_seed(0)
+    model = Unet(dim=8, channels=1, dim_mults=(1, 2)).eval()
+    return export_onnx(model, tmp_path_factory.mktemp("eps-export") / "eps.onnx", diffusion=GaussianDiffusion(20),
+                       image_size=8)
+
+
 @pytest.fixture(scope="module")
 def small_unet():
     """The tests' small U-Net (8 channels, two resolutions, 1 image channel): seeded, in eval mode."""

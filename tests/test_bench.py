@@ -104,3 +104,13 @@ def test_a_configuration_whose_extra_is_missing_is_skipped_with_the_install_line
     for row in skipped:
         assert row["check"] == "skipped: needs onnxruntime: pip install 'fastddpm[onnx]'" and "ms_per_step" not in row
     assert next(r for r in rows if r["config"] == "eager:fp32")["ms_per_step"] > 0
+
+
+def test_openvino_is_a_checked_configuration():
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
+    rows = run_bench(BenchSettings(preset="tiny", batches=(2,), configs=("openvino:fp32",), method="dpmsolver++",
+                                   steps=3, rounds=1), None, progress=False, log=lambda text: None)
+    assert "≤" in rows[1]["check"] and rows[1]["ms_per_step"] > 0, rows[1]
+    with pytest.raises(ValueError, match="openvino takes one of"):
+        BenchSettings(configs=("openvino:fp16",))

@@ -112,7 +112,7 @@ def small_run(tmp_path_factory):
         (["sample", "--device", "nonsense"], "device 'nonsense'"),
         (["sample", "--backend", "cudagraph"], "'cudagraph' needs a CUDA device"),
         (["sample", "--steps", "5000"], "steps must lie in [1, 1000]"),
-        (["sample", "--eta", "0.5"], "eta applies to method='ddim'"),
+        (["sample", "--method", "dpmsolver++", "--eta", "0.5"], "eta applies to method='ddim'"),
         (["sample", "--channels", "3"], "--channels 3 does not match the model, which has channels=1"),
         (["sample", "--checkpoint", "missing.safetensors"], "missing.safetensors: no such checkpoint file"),
         (["sample", "--checkpoint", "{root}/corrupt.safetensors"], "corrupt.safetensors: not a readable safetensors file"),

@@ -3,6 +3,8 @@ bundled model, DPM-Solver++ for any other, the same in the CLI and in ``load_sam
 
 import fnmatch
 import tomllib
+
+import pytest
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +12,9 @@ import torch
 
 import fastddpm
 from fastddpm import GaussianDiffusion, Sampler
+from fastddpm import defaults
 from fastddpm.defaults import (DEFAULT_METHOD, DEFAULT_STEPS, bundled_solver, bundled_solver_path,
-                               default_sampler_kwargs)
+                               default_sampler_kwargs, solver_settings)
 from fastddpm.fit.solver import model_sha256
 from fastddpm.io.files import to_uint8_images
 
@@ -41,8 +44,13 @@ def test_the_shipped_solver_is_package_data():
 
 def test_another_model_gets_the_named_few_step_default(small_unet):
     for T in (50, 10):
-        kwargs = default_sampler_kwargs(small_unet, GaussianDiffusion(T))
-        assert kwargs == {"method": DEFAULT_METHOD, "steps": min(DEFAULT_STEPS, T), "spacing": "logsnr"}
+        diffusion = GaussianDiffusion(T)
+        kwargs = default_sampler_kwargs(small_unet, diffusion)
+        assert kwargs == {"method": DEFAULT_METHOD, "steps": min(DEFAULT_STEPS, T), "eta": None, "spacing": "logsnr",
+                          "order": None}
+        # The same sampler asked by name gives the same settings (a sharded run's resume compares them).
+        named = solver_settings(small_unet, diffusion, method=DEFAULT_METHOD, steps=min(DEFAULT_STEPS, T))
+        assert named == kwargs == solver_settings(small_unet, diffusion)
     # The bundled weights under another diffusion are another model too.
     model, _ = fastddpm.load()
     assert "plan" not in default_sampler_kwargs(model, GaussianDiffusion(1000, "cosine"))
@@ -71,3 +79,26 @@ def test_load_sampler_solver_keywords_replace_the_default(small_unet, tmp_path):
     sampler = fastddpm.load_sampler(path)
     assert isinstance(sampler, Sampler) and sampler.plan.method == DEFAULT_METHOD
     assert len(sampler.plan.timesteps) == 20
+
+
+def test_missing_settings_are_completed_as_the_cli_completes_them(small_unet):
+    diffusion = GaussianDiffusion(50)
+    assert solver_settings(small_unet, diffusion, eta=0.5)["method"] == "ddim"  # η is DDIM's
+    assert solver_settings(small_unet, diffusion, method="ddpm") == {
+        "method": "ddpm", "steps": None, "eta": None, "spacing": "logsnr", "order": None}  # all timesteps
+    assert solver_settings(None, None, order=3) == {"method": DEFAULT_METHOD, "steps": DEFAULT_STEPS, "eta": None,
+                                                     "spacing": "logsnr", "order": 3}
+    sampler = fastddpm.load_sampler(timesteps=[999, 500, 100])
+    assert sampler.plan.method == DEFAULT_METHOD and sampler.plan.timesteps == (999, 500, 100)
+
+
+def test_an_unreadable_bundled_solver_falls_back_with_a_warning(monkeypatch, tmp_path, small_unet):
+    model, diffusion = fastddpm.load()
+    (tmp_path / "broken.json").write_text("{not json")
+    monkeypatch.setattr(defaults, "bundled_solver_path", lambda: tmp_path / "broken.json")
+    defaults.bundled_solver.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="cannot be read"):
+            assert default_sampler_kwargs(model, diffusion)["method"] == DEFAULT_METHOD
+    finally:
+        defaults.bundled_solver.cache_clear()

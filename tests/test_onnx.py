@@ -35,8 +35,8 @@ def diffusion():
 
 
 @pytest.fixture(scope="module")
-def exported(model, diffusion, tmp_path_factory):
-    return export_onnx(model, tmp_path_factory.mktemp("onnx") / "eps.onnx", diffusion=diffusion, image_size=IMAGE)
+def exported(small_eps_export):
+    return small_eps_export  # small_unet, T=20 linear, IMAGE=8: this module's model and diffusion
 
 
 def _session(path):

@@ -1,17 +1,19 @@
 """The OpenVINO runner (``fastddpm.onnx.openvino.OpenVinoEpsModel``): per forward and over short trajectories
 against the torch U-Net it was exported from, its refusals, and ``sample --backend openvino``."""
 
+import dataclasses
 import sys
 
 import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
 openvino = pytest.importorskip("openvino", reason="the openvino extra is not installed")
 
-from fastddpm import GaussianDiffusion, OnnxModelError, Sampler, export_onnx, export_onnx_sampler  # noqa: E402
+from fastddpm import GaussianDiffusion, OnnxModelError, Sampler, export_onnx_sampler  # noqa: E402
 from fastddpm.io.files import to_uint8_images  # noqa: E402
+from fastddpm.onnx import read_onnx  # noqa: E402
 from fastddpm.onnx.openvino import NEEDS_OPENVINO, OpenVinoEpsModel  # noqa: E402
 from fastddpm.tolerances import LOW_PRECISION_TRAJECTORY, OPENVINO_FLOAT32, assert_close  # noqa: E402
 
@@ -26,8 +28,8 @@ def diffusion():
 
 
 @pytest.fixture(scope="module")
-def exported(small_unet, diffusion, tmp_path_factory):
-    return export_onnx(small_unet, tmp_path_factory.mktemp("ov") / "eps.onnx", diffusion=diffusion, image_size=IMAGE)
+def exported(small_eps_export):
+    return small_eps_export  # small_unet, T=20 linear, IMAGE=8
 
 
 @pytest.mark.parametrize("shape", [(3, 1, IMAGE, IMAGE), (2, 1, 2 * IMAGE, 2 * IMAGE)])
@@ -61,17 +63,20 @@ def test_trajectory_matches_the_torch_sampler(exported, small_unet, diffusion, m
     assert (model.effective_precision == "bf16") == ("BF16" in capabilities)
 
 
-def test_refusals(exported, small_unet, diffusion, tmp_path, monkeypatch):
+def test_refusals(exported, tmp_path, monkeypatch):
     loop = export_onnx_sampler(exported, tmp_path / "loop.onnx", method="ddim", steps=3)
     with pytest.raises(OnnxModelError, match="OpenVINO runs an ε-model export"):
         OpenVinoEpsModel(loop)
-    half = export_onnx(small_unet, tmp_path / "half.onnx", diffusion=diffusion, image_size=IMAGE, precision="fp16")
+    half = dataclasses.replace(read_onnx(exported), precision="fp16")  # what an fp16 export's metadata says
     with pytest.raises(OnnxModelError, match="OpenVINO takes the fp32 export"):
         OpenVinoEpsModel(half)
     with pytest.raises(ValueError, match="precision must be one of"):
         OpenVinoEpsModel(exported, precision="fp16")
     with pytest.raises(ValueError, match=r"x must be \(B, 1, H, W\)"):
         OpenVinoEpsModel(exported)(torch.zeros(1, 3, IMAGE, IMAGE), torch.zeros(1, dtype=torch.long))
+    # OpenVINO itself would compile it and return a 4×4 image.
+    with pytest.raises(ValueError, match="image size 5x5 is not divisible by 2"):
+        OpenVinoEpsModel(exported)(torch.zeros(1, 1, 5, 5), torch.zeros(1, dtype=torch.long))
     monkeypatch.setitem(sys.modules, "openvino", None)  # the extra not installed
     with pytest.raises(ImportError) as exc:
         OpenVinoEpsModel(exported)

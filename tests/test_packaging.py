@@ -44,6 +44,16 @@ def test_the_console_script_sets_a_passive_openmp_wait_policy_unless_told(monkey
     assert seen == ["PASSIVE", "ACTIVE"]
 
 
+def test_the_console_script_runs_the_cli(tmp_path):
+    import subprocess
+    import sys
+
+    code = "import sys, fastddpm_launcher; sys.argv = ['fastddpm', 'sample', '--out', 'x.jpg']; fastddpm_launcher.run()"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "fastddpm: error: --out must end in .png (a grid) or .npz (uint8 images), got 'x.jpg'"
+
+
 def test_public_api():
     for name in ("Unet", "GaussianDiffusion", "linear_beta_schedule", "cosine_beta_schedule",
                  "quadratic_beta_schedule", "sigmoid_beta_schedule"):

@@ -41,13 +41,15 @@ from tqdm.auto import tqdm
 from ..eval.quality import digits_score
 from ..io.checkpoint import _first_line, load
 from ..onnx import CPU, CUDA, OrtSampler, export_onnx, export_onnx_sampler
+from ..onnx.openvino import OpenVinoEpsModel
 from ..reference.diffusion import GaussianDiffusion
 from ..reference.unet import Unet
 from ..sampling.sampler import Sampler
-from ..tolerances import FLOAT32_TRAJECTORY, LOW_PRECISION_TRAJECTORY, ONNX_RUNTIME_FLOAT32, relative_error
+from ..tolerances import (FLOAT32_TRAJECTORY, LOW_PRECISION_TRAJECTORY, ONNX_RUNTIME_FLOAT32, OPENVINO_FLOAT32,
+                          relative_error)
 from .probes import PeakMemory, environment, sync
 from .report import format_table, write_outputs
-from .settings import ORT_BACKENDS, PRECISIONS, PRESETS, BenchSettings, Preset, parse_config
+from .settings import OPENVINO, ORT_BACKENDS, PRECISIONS, PRESETS, BenchSettings, Preset, parse_config
 
 __all__ = ["run_bench"]
 
@@ -63,11 +65,12 @@ class _Case:
 
 
 # The modules each optional backend needs, and the extra that installs them.
-_EXTRAS = {backend: (("onnx", "onnxscript", "onnxruntime"), "onnx") for backend in ORT_BACKENDS}
+_EXTRAS = {**{backend: (("onnx", "onnxscript", "onnxruntime"), "onnx") for backend in ORT_BACKENDS},
+           OPENVINO: (("onnx", "onnxscript", "openvino"), "openvino")}
 
 
 def _missing_extra(backend: str) -> str:
-    """"" when ``backend`` can be tried here, else what to install (a skipped row, not a failure)."""
+    """An empty string when ``backend`` can be tried here, else what to install (a skipped row, not a failure)."""
     modules, extra = _EXTRAS.get(backend, ((), ""))
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     return f"needs {', '.join(missing)}: pip install 'fastddpm[{extra}]'" if missing else ""
@@ -83,7 +86,8 @@ def _load_preset(preset: Preset, device: torch.device):
 
 def _tolerance(backend: str, precision: str) -> float:
     if precision == "fp32":
-        return ONNX_RUNTIME_FLOAT32 if backend in ORT_BACKENDS else FLOAT32_TRAJECTORY
+        return (ONNX_RUNTIME_FLOAT32 if backend in ORT_BACKENDS else OPENVINO_FLOAT32 if backend == OPENVINO
+                else FLOAT32_TRAJECTORY)
     return LOW_PRECISION_TRAJECTORY[PRECISIONS[precision]]
 
 
@@ -162,6 +166,11 @@ def _run_matrix(settings: BenchSettings, device: torch.device, workdir: Path, pr
                 cases.append(_Case(name, functools.partial(_ort_case, backend, precision, model, chain, sampler_args,
                                                            size, device, exports, workdir, x_T, noise),
                                    _tolerance(backend, precision), memory_visible=device.type == "cpu",
+                                   skip=_missing_extra(backend)))
+            elif backend == OPENVINO:
+                cases.append(_Case(name, functools.partial(_openvino_case, precision, model, chain, sampler_args, size,
+                                                           channels, batch, settings.seed, device, exports, workdir),
+                                   _tolerance(backend, precision), memory_visible=False,
                                    skip=_missing_extra(backend)))
             else:
                 cases.append(_Case(name, functools.partial(torch_case, backend, precision),
@@ -267,3 +276,13 @@ def _ort_case(backend, precision, model, chain, sampler_args, size, device, expo
     if backend == "onnxruntime-loop":
         return lambda: torch.from_numpy(sampler.sample(len(x_T), x_T=x_T, noise=noise))
     return lambda: torch.from_numpy(sampler.sample(len(x_T), x_T=x_T, noise=noise, progress=False, clip=False))
+
+
+def _openvino_case(precision, model, chain, sampler_args, size, channels, batch, seed, device, exports, workdir):
+    if device.type != "cpu":
+        raise RuntimeError("OpenVINO runs on the CPU: use --device cpu")
+    if "eps:fp32" not in exports:
+        exports["eps:fp32"] = export_onnx(model, workdir / "eps-fp32.onnx", diffusion=chain, image_size=size)
+    eps_model = OpenVinoEpsModel(exports["eps:fp32"], precision=precision)
+    sampler = Sampler(eps_model, chain, backend="eager", **sampler_args)  # the loop and update: torch, fp32
+    return lambda: sampler.sample(batch, size, channels, seed=seed, progress=False, clip=False).cpu()

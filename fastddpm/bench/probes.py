@@ -25,7 +25,8 @@ def environment(device: torch.device | str) -> dict[str, str]:
             versions[name] = __import__(name).__version__
         except ImportError:
             versions[name] = "none"
-    flags = f"threads={torch.get_num_threads()} kernels={os.environ.get('FASTDDPM_KERNELS', 'auto')}"
+    flags = (f"threads={torch.get_num_threads()} kernels={os.environ.get('FASTDDPM_KERNELS', 'auto')} "
+             f"omp_wait={os.environ.get('OMP_WAIT_POLICY', 'default')}")
     if os.environ.get("TRITON_INTERPRET") == "1":
         flags += " TRITON_INTERPRET=1"
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

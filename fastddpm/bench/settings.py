@@ -9,10 +9,11 @@ import torch
 
 from ..config import FrozenConfig
 from ..onnx.metadata import PRECISIONS as ONNX_PRECISIONS
+from ..onnx.openvino import OPENVINO_PRECISIONS
 from ..sampling.sampler import BACKENDS as SAMPLER_BACKENDS
 from ..solvers import METHODS
 
-__all__ = ["Preset", "PRESETS", "BACKENDS", "ORT_BACKENDS", "PRECISIONS", "METHODS", "BenchSettings", "parse_config",
+__all__ = ["Preset", "PRESETS", "BACKENDS", "ORT_BACKENDS", "OPENVINO", "PRECISIONS", "METHODS", "BenchSettings", "parse_config",
            "default_configs"]
 
 
@@ -38,7 +39,9 @@ PRESETS = {
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # ONNX Runtime, the bench's own backends: the ε-model export under the Python loop, and the whole-sampler Loop.
 ORT_BACKENDS = ("onnxruntime", "onnxruntime-loop")
-BACKENDS = (*(b for b in SAMPLER_BACKENDS if b != "auto"), *ORT_BACKENDS)
+# OpenVINO: the ε-model export's U-Net compiled by OpenVINO under the torch sampler's loop (CPU only).
+OPENVINO = "openvino"
+BACKENDS = (*(b for b in SAMPLER_BACKENDS if b != "auto"), *ORT_BACKENDS, OPENVINO)
 
 
 def parse_config(text: str) -> tuple[str, str]:
@@ -49,7 +52,8 @@ def parse_config(text: str) -> tuple[str, str]:
     precision = precision or "fp32"
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} in {text!r}; expected reference or one of {BACKENDS}")
-    allowed = ONNX_PRECISIONS if backend in ORT_BACKENDS else tuple(PRECISIONS)
+    allowed = (ONNX_PRECISIONS if backend in ORT_BACKENDS else tuple(OPENVINO_PRECISIONS) if backend == OPENVINO
+               else tuple(PRECISIONS))
     if precision not in allowed:
         raise ValueError(f"precision {precision!r} in {text!r}: {backend} takes one of {allowed}")
     return (backend, precision)
@@ -60,7 +64,7 @@ def default_configs(device: str) -> tuple[str, ...]:
         return ("reference", "eager:fp32", "eager:bf16", "compile:fp32", "compile:bf16", "cudagraph:fp32",
                 "cudagraph:bf16", "onnxruntime:fp32", "onnxruntime:fp16")
     # compile is left out on CPU by default: compiling the reference's U-Net takes ~2 minutes on 2 cores.
-    return ("reference", "eager:fp32", "eager:bf16", "onnxruntime:fp32", "onnxruntime-loop:fp32")
+    return ("reference", "eager:fp32", "eager:bf16", "onnxruntime:fp32", "onnxruntime-loop:fp32", "openvino:fp32")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,8 +30,8 @@ def register(sub) -> None:
     parser.add_argument("--image-size", type=positive_int, help="default sample size (default: the training size)")
     parser.add_argument("--static-size", action="store_true", help="fix height and width (default: dynamic)")
     parser.add_argument("--sampler", action="store_true",
-                        help="export the whole sampler (--method, --steps, --spacing, --eta, --order or "
-                        "--timesteps) as one ONNX Loop")
+                        help="export the whole sampler (--method, --steps, --spacing, --eta, --order, --timesteps "
+                        "or --solver; default: the sampler `fastddpm sample` uses) as one ONNX Loop")
     add_sampler_arguments(parser)
     parser.set_defaults(func=command)
 

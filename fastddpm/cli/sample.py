@@ -62,7 +62,8 @@ def register(sub) -> None:
                         help="sampler backend (default auto: cudagraph on CUDA, eager on CPU, onnxruntime with --onnx; "
                         "openvino: an --onnx ε-model export's U-Net in OpenVINO, pip install 'fastddpm[openvino]')")
     parser.add_argument("--onnx", metavar="MODEL.onnx",
-                        help="sample from this ONNX export (fastddpm export) in ONNX Runtime")
+                        help="sample from this ONNX export (fastddpm export) in ONNX Runtime, or with --backend "
+                        "openvino its U-Net in OpenVINO")
     parser.add_argument("--precision", choices=tuple(PRECISIONS),
                         help="precision the U-Net runs in; the sample state stays fp32 (default fp32; "
                         "an ONNX export's is fixed when it is exported)")
@@ -251,14 +252,17 @@ def _write_samples(images: torch.Tensor, out: Path, image_size: int, channels: i
                 np.savez(f, arr_0=to_uint8_images(images))
     seconds = time.perf_counter() - args.started
     print(f"wrote {args.num} samples ({image_size}x{image_size}, {channels} channel(s)) to {out} in {seconds:.1f} s "
-          f"({_describe(plan)})")
+          f"({_describe(plan, args)})")
 
 
-def _describe(plan) -> str:
-    """""What sampled: "dpmsolver++ fitted to the model, 5 steps", "ddpm, 1000 steps"."""
+def _describe(plan, args: argparse.Namespace) -> str:
+    """What sampled: "unipc fitted to the model, 5 steps", "ddpm, 1000 steps", "… on fitted timesteps"."""
     if plan is None:
         return "the export's own sampler"
-    how = f"{plan.method} fitted to the model" if plan.spacing is None else plan.method
+    if plan.spacing is not None:
+        how = plan.method
+    else:
+        how = f"{plan.method} on fitted timesteps" if args.timesteps else f"{plan.method} fitted to the model"
     return f"{how}, {len(plan.timesteps)} steps"
 
 
@@ -280,7 +284,8 @@ def _sample_onnx(args: argparse.Namespace, out: Path) -> None:
     providers = [(CUDA, {"device_id": on.index or 0}), CPU] if on.type == "cuda" else [CPU]
     try:
         export = read_onnx(args.onnx)
-        # An ε-model export samples like a checkpoint (the CLI's defaults); a whole-sampler export fixes its own.
+        # An ε-model export samples like a checkpoint other than the bundled one (the CLI's named default: an
+        # export carries no fitted solver); a whole-sampler export fixes its own.
         if export.kind == EPS_MODEL:
             check_fit_matches(args, GaussianDiffusion.from_config(export.diffusion))
             settings = sampler_settings(args, diffusion=GaussianDiffusion.from_config(export.diffusion))

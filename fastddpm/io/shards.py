@@ -113,8 +113,12 @@ def _read_shard(path: Path, start: int, stop: int, settings: dict[str, Any]) -> 
     if not isinstance(stored, dict):
         raise ShardError(f"{path}: not a shard of this run (its settings are not a JSON object); use a new --out-dir")
     if stored != settings:
-        differing = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-        raise ShardError(f"{path}: written by another run (differs in {', '.join(differing)}); use a new --out-dir")
+        differing = sorted(k for k in set(stored) | set(settings) if k not in stored or k not in settings
+                           or stored[k] != settings[k])
+        hint = (" (fastddpm 0.1.0 and earlier sampled with --method ddpm by default: pass it to resume such a run)"
+                if stored.get("method") == "ddpm" and settings.get("method") != "ddpm" else "")
+        raise ShardError(f"{path}: written by another run (differs in {', '.join(differing)}){hint}; use a new "
+                         "--out-dir")
     return count == stop - start and np.array_equal(indices, np.arange(start, stop))
 
 

@@ -52,11 +52,11 @@ class OpenVinoEpsModel:
             raise OnnxModelError(f"{export.path}: a {export.precision} export; OpenVINO takes the fp32 export and "
                                  "lowers it itself (precision='bf16')")
         self.precision, self.channels, self.image_size = precision, export.channels, export.image_size
-        self._core = openvino.Core()
         try:
+            self._core = openvino.Core()
             self._network = self._core.read_model(export.model.SerializeToString(), b"")
         except Exception as exc:  # OpenVINO raises its own exception types; name the file
-            raise OnnxModelError(f"{export.path}: OpenVINO cannot read it ({str(exc).splitlines()[0]})") from None
+            raise OnnxModelError(f"{export.path}: OpenVINO cannot read it ({_last_line(exc)})") from None
         self._config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision],
                                         "PERFORMANCE_HINT": "LATENCY"}
         if num_threads is not None:
@@ -67,9 +67,13 @@ class OpenVinoEpsModel:
     def _request(self, x_shape: tuple[int, ...]):
         request = self._requests.get(x_shape)
         if request is None:
-            network = self._network.clone()
-            network.reshape({"x": list(x_shape), "t": [x_shape[0]]})
-            compiled = self._core.compile_model(network, "CPU", self._config)
+            try:
+                network = self._network.clone()
+                network.reshape({"x": list(x_shape), "t": [x_shape[0]]})
+                compiled = self._core.compile_model(network, "CPU", self._config)
+            except Exception as exc:  # e.g. a size the network cannot take
+                raise OnnxModelError(f"{self.export.path}: OpenVINO cannot compile it for input {list(x_shape)} "
+                                     f"({_last_line(exc)})") from None
             # What the plugin chose: a CPU without bf16 instructions (e.g. AVX2-only Zen 3) runs f32 when
             # asked for bf16, silently; this records it for the caller (and the bench's row).
             used = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
@@ -83,9 +87,20 @@ class OpenVinoEpsModel:
             raise ValueError(f"OpenVINO runs on the CPU: x and t must be CPU tensors, got {x.device} and {t.device}")
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(f"x must be (B, {self.channels}, H, W), got {tuple(x.shape)}")
+        height, width = x.shape[2:]
+        # Checked here: OpenVINO compiles a size the U-Net cannot take and returns a smaller image (5×5 → 4×4).
+        if height % self.export.size_divisor or width % self.export.size_divisor:
+            raise ValueError(f"image size {height}x{width} is not divisible by {self.export.size_divisor} (this model's)")
+        if not self.export.dynamic_size and (height, width) != tuple(self.image_size):
+            raise ValueError(f"this export has a fixed image size {tuple(self.image_size)}; got {height}x{width}")
         request = self._request(tuple(x.shape))
         x_in = np.ascontiguousarray(x.detach().float().numpy())
         t_in = np.ascontiguousarray(t.detach().to(torch.int64).reshape(x.shape[0]).numpy())
-        request.infer({"x": x_in, "t": t_in})
-        # The output tensor is the request's own buffer, overwritten by the next call: copy it out.
-        return torch.from_numpy(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
+        # infer() returns copies of the outputs (the request's own buffers are overwritten by the next call).
+        return torch.from_numpy(np.asarray(request.infer({"x": x_in, "t": t_in})[0], dtype=np.float32))
+
+
+def _last_line(exc: BaseException) -> str:
+    """OpenVINO's messages start with "Exception from src/…cpp:NNN" and end with what went wrong."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__

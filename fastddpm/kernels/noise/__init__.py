@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from .._dispatch import resolve_impl
+from .._dispatch import call_twin_directly, resolve_impl
 from . import naive
 
 __all__ = ["randn_philox"]
@@ -39,4 +39,7 @@ def randn_philox(
     steps = steps.expand(seeds.shape[0]).contiguous() if steps.numel() == 1 else steps.contiguous()
     if steps.shape != seeds.shape:
         raise ValueError(f"step must be a scalar or one per sample ({seeds.shape[0]}), got shape {tuple(steps.shape)}")
-    return _randn_philox_op(seeds.contiguous(), steps, [int(s) for s in sample_shape], resolve_impl(impl, seeds))
+    impl = resolve_impl(impl, seeds)
+    if call_twin_directly(impl):
+        return naive.randn_philox(seeds.contiguous(), steps, tuple(int(s) for s in sample_shape))
+    return _randn_philox_op(seeds.contiguous(), steps, [int(s) for s in sample_shape], impl)
