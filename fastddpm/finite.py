@@ -12,10 +12,13 @@ __all__ = ["NonFiniteSampleError", "check_finite_samples"]
 class NonFiniteSampleError(ValueError):
     """A sampling call produced NaN or inf (the model returned non-finite values, or the chain diverged)."""
 
-    def __init__(self, bad: int, total: int):
-        self.bad, self.total = bad, total
-        super().__init__(f"{bad} of {total} samples are not finite (NaN or inf): the model returned non-finite "
-                         "values or the chain diverged (pass check_finite=False for the raw output)")
+    def __init__(self, bad: int, total: int, where: str = ""):
+        self.bad, self.total, self.where = bad, total, where
+        super().__init__(f"{where}{bad} of {total} samples are not finite (NaN or inf): the model returned "
+                         "non-finite values or the chain diverged (pass check_finite=False for the raw output)")
+
+    def __reduce__(self):  # picklable with its fields (torch.distributed gathers errors as objects)
+        return type(self), (self.bad, self.total, self.where)
 
 
 def check_finite_samples(x: torch.Tensor | np.ndarray) -> None:

@@ -122,3 +122,23 @@ def test_shard_settings_round_trip_and_torchrun_needs_out_dir(small_unet, tmp_pa
     result = subprocess.run([sys.executable, "-m", "fastddpm", "sample", "--checkpoint", str(checkpoint),
                              "--out", str(tmp_path / "x.png")], capture_output=True, text=True, env=env, timeout=300)
     assert_one_line_error(result, "pass --out-dir DIR")
+
+
+def test_torchrun_non_finite_samples_stop_every_rank_with_exit_1(small_unet, tmp_path):
+    """A NaN model under two processes: each rank's NonFiniteSampleError is gathered, every rank exits 1 with
+    the same line (not the exit 2 of a bad folder), and no shard or manifest is written."""
+    import copy
+
+    nan_model = copy.deepcopy(small_unet)
+    with torch.no_grad():
+        for p in nan_model.parameters():
+            p.fill_(float("nan"))
+    path = tmp_path / "nan.safetensors"
+    save(path, nan_model, GaussianDiffusion(4), image_size=8)
+    result = run(["sample", "--checkpoint", path, "--num", 2, "--shard-size", 1, "--method", "ddim", "--steps", 1,
+                  "--out-dir", tmp_path / "run", "--no-progress"], torchrun=True)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "fastddpm: error:" in line]
+    assert len(errors) == 2 and all("rank 0, shard 0: 1 of 1 samples are not finite" in e for e in errors), result.stderr
+    assert "exitcode  : 1" in result.stderr or "exit code 1" in result.stderr.lower(), result.stderr
+    assert not list((tmp_path / "run").glob("shard-*")) and not (tmp_path / "run" / "manifest.json").exists()

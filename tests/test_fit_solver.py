@@ -83,11 +83,11 @@ def test_malformed_fit_files_are_refused(harness_fit):
         FittedSolver.from_json(json.dumps({"timesteps": [3, 2]}))
 
 
-def test_fitted_plan_runs_the_same_on_eager_and_onnx_runtime(small_unet, tmp_path):
+def test_fitted_plan_runs_the_same_on_eager_and_onnx_runtime(small_unet, small_eps_export, tmp_path):
     pytest.importorskip("onnxruntime")
-    from fastddpm import OrtSampler, export_onnx, export_onnx_sampler
+    from fastddpm import OrtSampler, export_onnx_sampler
 
-    diffusion = GaussianDiffusion(50)
+    diffusion = GaussianDiffusion(20)  # small_eps_export's: small_unet with T=20
     fit = fit_solver(small_unet, diffusion, 4, image_size=8, channels=1, fit_batch=4, teacher_steps=12,
                      iterations=3, methods=("unipc",), progress=False)
     assert fit.model_sha256 == model_sha256(small_unet)
@@ -95,7 +95,7 @@ def test_fitted_plan_runs_the_same_on_eager_and_onnx_runtime(small_unet, tmp_pat
     sampler = Sampler(small_unet, diffusion, **kwargs)
     x_T, _ = sampler.torch_noise((3, 1, 8, 8), seed=2)
     eager = sampler.sample(3, 8, 1, seed=2, progress=False, clip=False)
-    exported = export_onnx(small_unet, tmp_path / "eps.onnx", diffusion=diffusion, image_size=8)
+    exported = small_eps_export
     ort = OrtSampler(exported, **kwargs).sample(3, x_T=x_T.numpy(), progress=False, clip=False)
     assert_close(torch.from_numpy(ort), eager, rtol=ONNX_RUNTIME_FLOAT32)
     loop = OrtSampler(export_onnx_sampler(exported, tmp_path / "loop.onnx", **kwargs)).sample(3, x_T=x_T.numpy())

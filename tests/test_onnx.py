@@ -279,9 +279,19 @@ def test_cli_export_and_sample(model, diffusion, tmp_path, capsys):
                      "--num", "5", "--batch-size", "3", "--out", str(tmp_path / "s.npz"), "--no-progress")
     assert result.returncode == 0, result.stderr
     assert np.load(tmp_path / "s.npz")["arr_0"].shape == (5, IMAGE, IMAGE, 1)
-    result = run_main(capsys, "export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "loop.onnx"), "--sampler",
-                     "--method", "dpmsolver++", "--steps", "5", "--order", "3")
+    # The Loop around the ε-model export just written (no second torch export).
+    result = run_main(capsys, "export", "--onnx", str(tmp_path / "eps.onnx"), "--out", str(tmp_path / "loop.onnx"),
+                      "--sampler", "--method", "dpmsolver++", "--steps", "5", "--order", "3")
     assert result.returncode == 0, result.stderr
+    for args, message in ((["--checkpoint", str(checkpoint)], "--checkpoint does not apply to --onnx"),
+                          (["--precision", "fp16"], "--precision does not apply to --onnx"),
+                          (["--onnx", str(tmp_path / "loop.onnx")], "a 'sampler' export; --sampler needs an ε-model")):
+        onnx_flag = [] if "--onnx" in args else ["--onnx", str(tmp_path / "eps.onnx")]
+        assert_one_line_error(run_main(capsys, "export", *onnx_flag, *args, "--sampler", "--out",
+                                       str(tmp_path / "x.onnx")), message)
+    assert_one_line_error(run_main(capsys, "export", "--onnx", str(tmp_path / "eps.onnx"), "--out",
+                                   str(tmp_path / "x.onnx")), "add --sampler")
+    assert not (tmp_path / "x.onnx").exists()
     assert read_onnx(tmp_path / "loop.onnx").sampler["steps"] == 5
     assert read_onnx(tmp_path / "loop.onnx").sampler["order"] == 3
     result = run_main(capsys, "sample", "--backend", "onnxruntime", "--onnx", str(tmp_path / "loop.onnx"), "--num", "2",

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from fastddpm.train.trainer import CHECKPOINT_NAME, NonFiniteLossError, TrainCon
 from fastddpm.reference.diffusion import DiffusionConfig
 from fastddpm.reference.unet import UnetConfig
 
-from test_cli import assert_one_line_error, run_cli
+from test_cli import assert_one_line_error, run_cli, run_main
 
 T = 4
 
@@ -63,12 +64,41 @@ def test_sampler_counts_inf_samples_before_clipping():
     assert isinstance(exc.value, ValueError) and (exc.value.bad, exc.value.total) == (1, 3)
 
 
-def test_ort_sampler_raises_on_non_finite_samples(tmp_path):
-    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
-    from fastddpm.onnx import OrtSampler, export_onnx, export_onnx_sampler
+def _poisoned_export(source, path, value, everywhere, diffusion=None):
+    """A copy of the ε-model export ``source`` with ``value`` in every float weight (``everywhere``) or only in
+    the last layer's bias (its output is then ``value`` at every pixel), and another ``diffusion`` in its
+    metadata when given: no second torch export."""
+    import onnx
+    from onnx import numpy_helper
 
-    model, diffusion = _nan_unet(), GaussianDiffusion(T, "linear")
-    path = export_onnx(model, tmp_path / "nan.onnx", diffusion=diffusion, image_size=8)
+    from fastddpm.onnx import METADATA_KEY
+
+    proto = onnx.load(str(source))
+    graph = proto.graph
+    if diffusion is not None:
+        entry = next(p for p in proto.metadata_props if p.key == METADATA_KEY)
+        meta = json.loads(entry.value)
+        meta.update(diffusion=diffusion.config.to_dict(), betas=diffusion.betas.double().tolist(),
+                    alphas_cumprod=diffusion.alphas_cumprod.double().tolist())
+        entry.value = json.dumps(meta)
+    if everywhere:
+        names = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    else:
+        last = next(node for node in graph.node if graph.output[0].name in node.output)
+        assert last.op_type == "Conv" and len(last.input) == 3, last
+        names = {last.input[2]}
+    for tensor in graph.initializer:
+        if tensor.name in names:
+            tensor.CopyFrom(numpy_helper.from_array(np.full_like(numpy_helper.to_array(tensor), value), tensor.name))
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_ort_sampler_raises_on_non_finite_samples(small_eps_export, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from fastddpm.onnx import OrtSampler, export_onnx_sampler
+
+    path = _poisoned_export(small_eps_export, tmp_path / "nan.onnx", np.nan, everywhere=True)
     sampler = OrtSampler(path, method="ddim", steps=2)
     with pytest.raises(NonFiniteSampleError, match="2 of 2 samples"):
         sampler.sample(2, seed=0, progress=False)
@@ -78,15 +108,41 @@ def test_ort_sampler_raises_on_non_finite_samples(tmp_path):
         OrtSampler(loop).sample(2, seed=0, progress=False)
 
 
-def test_cli_sample_nan_checkpoint_exits_1_without_an_image(nan_checkpoint, tmp_path):
-    for name in ("x.png", "x.npz"):
-        result = run_cli("sample", "--checkpoint", str(nan_checkpoint), "--num", "2", "--method", "ddim", "--steps",
-                         "2", "--out", str(tmp_path / name), "--no-progress")
+def test_ort_loop_keeps_inf_samples_visible_after_its_clip(small_eps_export, tmp_path):
+    """ε = 1e38 (finite) at every pixel and T = 1000: one DDIM step from t = 999 weighs ε by ~-157, past
+    float32's range, so the sample is -inf (with ε = inf a zero weight times inf would give NaN), which the
+    loop's final Clip alone would return as -1, a plausible black image."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from fastddpm.onnx import OrtSampler, export_onnx_sampler
+
+    path = _poisoned_export(small_eps_export, tmp_path / "inf.onnx", 1e38, everywhere=False,
+                            diffusion=GaussianDiffusion(1000))
+    loop = OrtSampler(export_onnx_sampler(path, tmp_path / "loop.onnx", method="ddim", steps=1, spacing="trailing"))
+    raw = loop.sample(2, seed=0, progress=False, check_finite=False)
+    assert np.isinf(raw).all(), raw
+    with pytest.raises(NonFiniteSampleError, match="2 of 2 samples"):
+        loop.sample(2, seed=0, progress=False)
+    finite = OrtSampler(export_onnx_sampler(small_eps_export, tmp_path / "ok.onnx", method="ddim", steps=1))
+    x_T = np.random.default_rng(0).standard_normal((2, 1, 8, 8), dtype=np.float32) * 50  # leaves [-1, 1] unclipped
+    sample = finite.sample(2, x_T=x_T, progress=False)
+    assert np.abs(sample).max() == 1.0  # the clip still applies to finite values
+
+
+def test_cli_sample_nan_checkpoint_exits_1_without_an_image(nan_checkpoint, tmp_path, capsys):
+    common = ("sample", "--checkpoint", nan_checkpoint, "--num", 2, "--method", "ddim", "--steps", 2, "--no-progress")
+    results = [  # the process itself once (exit status, no traceback), the other outputs in this process
+        ("2 of 2 samples are not finite", run_cli(*map(str, common), "--out", str(tmp_path / "x.png"))),
+        ("2 of 2 samples are not finite", run_main(capsys, *common, "--out", tmp_path / "x.npz")),
+        ("rank 0, shard 0: 1 of 1 samples are not finite",
+         run_main(capsys, *common, "--out-dir", tmp_path / "run", "--shard-size", 1)),
+    ]
+    for message, result in results:
         assert result.returncode == 1, (result.returncode, result.stderr)
         assert "Traceback" not in result.stderr
         errors = [line for line in result.stderr.splitlines() if "error:" in line]
-        assert len(errors) == 1 and "2 of 2 samples are not finite" in errors[0], result.stderr
-    assert list(tmp_path.iterdir()) == []
+        assert len(errors) == 1 and message in errors[0], result.stderr
+    written = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert not [name for name in written if name.endswith((".png", ".npz", ".json"))], written
 
 
 def _tiny_config(tmp_path, **kw):
@@ -166,9 +222,13 @@ def test_checkpoint_timesteps_ceiling(tmp_path, diffusion, message):
 
 
 def test_checkpoint_metadata_type_and_depth_errors(tmp_path):
-    path = _write_model_file(tmp_path / "s.safetensors", image_size="8")
-    with pytest.raises(fastddpm.CheckpointError, match="image_size must be a positive integer, got '8'"):
-        fastddpm.io.checkpoint.load_checkpoint(path)
+    from fastddpm.io.checkpoint import MAX_IMAGE_SIZE
+
+    for image_size in ("8", 0, MAX_IMAGE_SIZE + 1, 10**6):  # a string, and sizes no sample could be allocated at
+        path = _write_model_file(tmp_path / "s.safetensors", image_size=image_size)
+        with pytest.raises(fastddpm.CheckpointError, match=re.escape(f"must be an integer in [1, {MAX_IMAGE_SIZE}], "
+                                                                     f"got {image_size!r}")):
+            fastddpm.io.checkpoint.load_checkpoint(path)
     from safetensors.torch import save_file
 
     deep = tmp_path / "deep.safetensors"
@@ -238,32 +298,74 @@ def test_check_writable_output_helper(tmp_path):
     assert check_writable_folder(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
 
 
-def test_cli_outputs_that_are_folders_fail_before_work(tmp_path):
+def test_cli_outputs_that_are_folders_fail_before_work(tmp_path, capsys):
     (tmp_path / "x.png").mkdir()
     (tmp_path / "m.onnx").mkdir()
     (tmp_path / "taken").write_text("")
-    result = run_cli("sample", "--out", str(tmp_path / "x.png"), "--num", "1")
+    result = run_main(capsys, "sample", "--out", tmp_path / "x.png", "--num", 1)
     assert_one_line_error(result, "is a folder")
-    assert "samples" not in result.stdout  # nothing was sampled
-    assert_one_line_error(run_cli("export", "--out", str(tmp_path / "m.onnx")), "is a folder")
-    assert_one_line_error(run_cli("train", "--data", "digits", "--out-dir", str(tmp_path / "taken")),
-                          "is a file, not a folder")
+    assert "sampling (" not in result.stderr  # the progress bar of a sampling run never started
+    assert_one_line_error(run_main(capsys, "export", "--out", tmp_path / "m.onnx"), "is a folder")
+    result = run_main(capsys, "train", "--data", "digits", "--out-dir", tmp_path / "taken")
+    assert_one_line_error(result, "is a file, not a folder")
+    assert "training on" not in result.stderr
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root bypasses file permissions: a read-only folder is writable")
-def test_cli_read_only_folders_fail_before_work(tmp_path):
-    locked = tmp_path / "ro"
+def _unprivileged(command):
+    """``command`` as user nobody when this process is root (root writes into read-only folders and reads
+    mode-000 files), else as it is."""
+    import shutil
+
+    if os.geteuid():
+        return command
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: cannot drop privileges to test file permissions")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+
+
+@pytest.fixture
+def open_tmp(tmp_path):
+    """A folder any user may enter (pytest's tmp_path is private to its user), removed afterwards."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(dir=tmp_path if os.geteuid() else None))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_cli_read_only_folders_fail_before_work(open_tmp):
+    import subprocess
+    import sys
+
+    locked = open_tmp / "ro"
     locked.mkdir()
     locked.chmod(0o555)
-    try:
-        assert_one_line_error(run_cli("sample", "--out", str(locked / "x.png"), "--num", "1"), "not writable")
-        assert_one_line_error(run_cli("export", "--out", str(locked / "m.onnx")), "not writable")
-        result = run_cli("train", "--data", "digits", "--image-size", "8", "--dim", "8", "--dim-mults", "1,2",
-                         "--steps", "1", "--out-dir", str(locked / "run"), "--no-progress")
-        assert_one_line_error(result, "not writable")
-        assert "training on" not in result.stderr
-    finally:
-        locked.chmod(0o755)
+    run = lambda *args: subprocess.run(_unprivileged([sys.executable, "-m", "fastddpm", *args]),  # noqa: E731
+                                       capture_output=True, text=True, timeout=300)
+    assert_one_line_error(run("sample", "--out", str(locked / "x.png"), "--num", "1"), "not writable")
+    assert_one_line_error(run("export", "--out", str(locked / "m.onnx")), "not writable")
+    result = run("train", "--data", "digits", "--image-size", "8", "--dim", "8", "--dim-mults", "1,2", "--steps", "1",
+                 "--out-dir", str(locked / "run"), "--no-progress")
+    assert_one_line_error(result, "not writable")
+    assert "training on" not in result.stderr
+
+
+def test_an_unreadable_checkpoint_is_reported_as_such(open_tmp):
+    """Mode 000: safetensors itself says "No such file or directory"."""
+    import shutil
+    import subprocess
+    import sys
+
+    path = open_tmp / "model.safetensors"
+    shutil.copyfile(fastddpm.io.checkpoint.bundled_model_path(), path)
+    path.chmod(0o000)
+    code = ("import sys; from fastddpm.io.checkpoint import CheckpointError, read_checkpoint\n"
+            "try: read_checkpoint(sys.argv[1])\nexcept CheckpointError as exc: print(exc)")
+    said = subprocess.run(_unprivileged([sys.executable, "-c", code, str(path)]), capture_output=True, text=True,
+                          timeout=120)
+    assert f"{path}: cannot be read (permission denied)" in said.stdout, (said.stdout, said.stderr)
 
 
 # -- 4. run folders locked, manifest trusted no more ----------------------------------------------------
@@ -329,6 +431,33 @@ def test_read_manifest_rejects_untrusted_entries(tiny_sampler, tmp_path, change,
         read_manifest(out)
 
 
+def _corrupt_shard(out):
+    (out / "shard-000001.npz").write_bytes(b"PK not a zip")
+
+
+def _other_size_shard(out):
+    path = out / "shard-000001.npz"
+    with np.load(path) as data:
+        indices, settings = data["indices"], data["settings"]
+    np.savez(path, images=np.zeros((2, 4, 4, 1), np.uint8), indices=indices, settings=settings)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda out: (out / "manifest.json").write_text("[" * 100_000 + "]" * 100_000), "nested too deeply"),
+    (lambda out: (out / "shard-000001.npz").unlink(), "shard-000001.npz: cannot read this shard"),
+    (_corrupt_shard, "shard-000001.npz: cannot read this shard"),
+    (_other_size_shard, "images are uint8 (2, 4, 4, 1); expected uint8 (2, H, W, C) like the run's other shards"),
+])
+def test_read_manifest_rejects_unreadable_files(tiny_sampler, tmp_path, change, message):
+    from fastddpm.io.shards import ShardError, read_manifest
+
+    out = tmp_path / "run"
+    _shards(tiny_sampler, out)
+    change(out)
+    with pytest.raises(ShardError, match=re.escape(message)):
+        read_manifest(out)
+
+
 # -- 5. one-line errors for malformed resume checkpoints ------------------------------------------------
 @pytest.mark.parametrize("change,message", [
     (lambda t, m: t.pop("rng.torch"), "no 'rng.torch' tensor"),
@@ -336,6 +465,15 @@ def test_read_manifest_rejects_untrusted_entries(tiny_sampler, tmp_path, change,
     (lambda t, m: m["training"].update(step=-1), "training step must be a non-negative integer, got -1"),
     (lambda t, m: m["training"].update(step="abc"), "training step must be a non-negative integer, got 'abc'"),
     (lambda t, m: m["training"]["config"]["diffusion"].update(timesteps=10**9), "in [1, 100000]"),
+    (lambda t, m: m["training"]["config"].update(image_size=10**6), "image_size must be at most 8192"),
+    (lambda t, m: m["training"]["config"].update(grid_size=10**9), "grid_size must be at most 1024"),
+    (lambda t, m: t.update({"optim.x.exp_avg": t["optim.0.exp_avg"].clone()}), "unexpected optimizer tensor 'optim.x.exp_avg'"),
+    (lambda t, m: t.update({"optim.0.exp_avg": torch.zeros(3)}), "'optim.0.exp_avg' is torch.float32 (3,)"),
+    (lambda t, m: t.pop("optim.0.exp_avg_sq"), "optimizer state of parameter 0 holds ['exp_avg', 'step']"),
+    (lambda t, m: t.update({"data.perm": t["data.perm"] + 100}), "'data.perm' is not a permutation"),
+    (lambda t, m: t.update({"data.perm": t["data.perm"].float()}), "expected integer indices"),
+    (lambda t, m: m["training"].update(pos=10**6), "training pos 1000000 is past the 4 images"),
+    (lambda t, m: m["training"].update(recent_losses=["x", None]), "recent_losses must be a list of at most 100"),
 ])
 def test_resume_rejects_malformed_training_state(tmp_path, change, message):
     from fastddpm.io.checkpoint import read_checkpoint, write_checkpoint
@@ -348,3 +486,81 @@ def test_resume_rejects_malformed_training_state(tmp_path, change, message):
     write_checkpoint(tmp_path / "bad.safetensors", tensors, meta)
     with pytest.raises(fastddpm.CheckpointError, match=re.escape(message)):
         Trainer.resume(tmp_path / "bad.safetensors")
+
+
+def test_cli_resume_of_a_malformed_checkpoint_is_one_line(tmp_path, capsys):
+    from fastddpm.io.checkpoint import read_checkpoint, write_checkpoint
+
+    Trainer(_tiny_config(tmp_path, steps=1), tmp_path / "run").run(progress=False)
+    tensors, meta = read_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)
+    meta.pop("format")
+    meta["training"]["step"] = "abc"
+    write_checkpoint(tmp_path / "bad.safetensors", tensors, meta)
+    assert_one_line_error(run_main(capsys, "train", "--resume", tmp_path / "bad.safetensors", "--no-progress"),
+                          "training step must be a non-negative integer, got 'abc'")
+
+
+def _steps_in(path):
+    from fastddpm.io.checkpoint import read_checkpoint
+
+    return read_checkpoint(path)[1]["training"]["step"]
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_cli_train_ctrl_c_says_what_was_saved(tmp_path, capsys, monkeypatch, presses):
+    """One Ctrl-C saves at the step boundary; a second stops at once, and the message says the checkpoint
+    on disk is the previous one (it used to say "saved")."""
+    np.save(tmp_path / "d.npy", (np.random.default_rng(0).random((4, 8, 8)) * 255).astype(np.uint8))
+    train_step = Trainer.train_step
+
+    def pressed_at_step_2(self):
+        loss = train_step(self)
+        if self.step == 2:
+            for _ in range(presses):
+                self._on_sigint(None, None)  # the second press raises KeyboardInterrupt, as the handler does
+        return loss
+
+    monkeypatch.setattr(Trainer, "train_step", pressed_at_step_2)
+    result = run_main(capsys, "train", "--data", tmp_path / "d.npy", "--image-size", 8, "--dim", 8, "--dim-mults",
+                      "1,2", "--timesteps", T, "--batch-size", 2, "--steps", 5, "--save-every", 1, "--out-dir",
+                      tmp_path / "run", "--no-progress")
+    assert result.returncode == 130, result.stderr
+    checkpoint = tmp_path / "run" / CHECKPOINT_NAME
+    expected = f"saved {checkpoint}" if presses == 1 else f"not saved; {checkpoint} holds step 1"
+    assert f"interrupted at step 2; {expected}" in result.stderr
+    assert _steps_in(checkpoint) == (2 if presses == 1 else 1)
+
+
+def test_training_writes_the_model_file_first_and_removes_its_stale_temporaries(tmp_path, monkeypatch):
+    from fastddpm.train import trainer as trainer_module
+
+    run = tmp_path / "run"
+    run.mkdir()
+    ours = [run / ".checkpoint.safetensors.k1ll.tmp", run / ".model.safetensors.k1ll.tmp"]
+    theirs = run / ".notes.txt.tmp"
+    for path in ours + [theirs]:
+        path.write_bytes(b"half a file")
+    written = []
+    write = trainer_module.write_checkpoint
+    monkeypatch.setattr(trainer_module, "write_checkpoint", lambda path, *a: (written.append(path.name), write(path, *a)))
+    Trainer(_tiny_config(tmp_path, steps=1), run).run(progress=False)
+    assert written == [trainer_module.MODEL_NAME, CHECKPOINT_NAME]  # a kill between them leaves the model ahead
+    assert not any(path.exists() for path in ours) and theirs.exists()
+
+
+def test_training_never_saves_weights_that_overflowed(tmp_path):
+    """A step's loss is computed before its update, so an update that overflows a weight (here: set to inf
+    after step 1, as an overflowing update would leave it) passes the loss check; the save refuses it."""
+    def overflow(trainer, loss):
+        with torch.no_grad():
+            next(trainer.model.parameters()).view(-1)[0] = float("inf")
+
+    trainer = Trainer(_tiny_config(tmp_path, steps=2, save_every=1), tmp_path / "run")
+    with pytest.raises(NonFiniteLossError, match="the model weights are not finite at step 1; stopped without saving"):
+        trainer.run(progress=False, on_step=overflow)
+    assert not (tmp_path / "run" / CHECKPOINT_NAME).exists()
+
+
+def test_a_learning_rate_past_float32_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="lr must be a positive number"):
+        _tiny_config(tmp_path, lr=1e39)  # Adam's first step size, 10·lr, does not fit a float32

@@ -12,7 +12,7 @@ import torch
 from ..reference.diffusion import BETA_SCHEDULES, LOSS_TYPES, DiffusionConfig
 from ..reference.unet import UnetConfig, _check_config
 from ..train.data import load_dataset
-from ..train.trainer import NonFiniteLossError, TrainConfig, Trainer, read_train_config
+from ..train.trainer import CHECKPOINT_NAME, NonFiniteLossError, TrainConfig, Trainer, read_train_config
 from .common import (CLIError, RunError, check_writable_folder, int_tuple, join_process_group, leave_process_group, non_negative_int, one_line,
                      positive_int, process_device, seed)
 
@@ -136,10 +136,16 @@ def _train(args: argparse.Namespace, on: torch.device) -> None:
               f"{trainer.config.steps} steps (from step {trainer.step}){processes} into {trainer.out_dir}", file=sys.stderr)
     try:
         trainer.run(progress=not args.no_progress)
-    except KeyboardInterrupt:  # the trainer saved at the last complete step
+    except KeyboardInterrupt:  # one Ctrl-C: saved at the last complete step; a second: stopped at once
         if trainer.rank == 0:
-            print(f"interrupted at step {trainer.step}; saved {trainer.out_dir / 'checkpoint.safetensors'}",
-                  file=sys.stderr)
+            checkpoint = trainer.out_dir / CHECKPOINT_NAME
+            if trainer.saved_step == trainer.step:
+                said = f"saved {checkpoint}"
+            elif trainer.saved_step is not None:
+                said = f"not saved; {checkpoint} holds step {trainer.saved_step}"
+            else:
+                said = "not saved; this run wrote no checkpoint"
+            print(f"interrupted at step {trainer.step}; {said}", file=sys.stderr)
         raise
     except OSError as exc:  # a checkpoint or grid that cannot be written
         raise CLIError(f"cannot write into {trainer.out_dir}: {exc}") from None

@@ -45,6 +45,7 @@ __all__ = [
 FORMAT_VERSION = 1
 METADATA_KEY = "fastddpm"
 MAX_TIMESTEPS = 100_000  # the most diffusion steps a file's config may ask for (its tables are allocated)
+MAX_IMAGE_SIZE = 8192  # the largest image side a file may record (a sample of it is allocated)
 
 
 class CheckpointError(ValueError):
@@ -77,6 +78,11 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    try:  # opened here first: safetensors reports a file it may not read as "No such file or directory"
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({(exc.strerror or str(exc)).lower()})") from None
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             header = f.metadata() or {}
@@ -156,14 +162,15 @@ def load_checkpoint(
         image_size, meta = None, {}
     else:
         tensors, meta = read_checkpoint(path)
+        image_size = meta.get("image_size")  # checked before the model is built
+        if image_size is not None and (type(image_size) is not int or not 1 <= image_size <= MAX_IMAGE_SIZE):
+            raise CheckpointError(f"{path}: metadata image_size must be an integer in [1, {MAX_IMAGE_SIZE}], got "
+                                  f"{image_size!r}")
         model_cfg = _as_model_config(path, model_config if model_config is not None else meta.get("model"))
         diff_cfg = _as_diffusion_config(path, diffusion_config if diffusion_config is not None else meta.get("diffusion"))
         weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         model = _build_and_fill(path, model_cfg, weights)
         diffusion = GaussianDiffusion.from_config(diff_cfg)
-        image_size = meta.get("image_size")
-        if image_size is not None and (type(image_size) is not int or image_size < 1):
-            raise CheckpointError(f"{path}: metadata image_size must be a positive integer, got {image_size!r}")
     return LoadedCheckpoint(model.to(device).eval(), diffusion.to(device), image_size, meta)
 
 

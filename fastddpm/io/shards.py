@@ -30,6 +30,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .._version import __version__
+from ..finite import NonFiniteSampleError
 from .files import atomic_path, to_uint8_images
 
 __all__ = ["ShardError", "init_from_env", "rank_and_world", "sample_shards", "read_manifest"]
@@ -74,16 +75,18 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
-def _agree(error: str | None) -> None:
+def _agree(error: str | NonFiniteSampleError | None) -> None:
     """Every process reports whether it failed; all raise together if any did (a lone failure would leave
-    the others waiting at the next barrier)."""
+    the others waiting at the next barrier). Non-finite samples are raised as such in every process (the CLI
+    exits 1 for them, 2 for the rest)."""
     errors = [error]
     if dist.is_available() and dist.is_initialized():
         errors = [None] * dist.get_world_size()
         dist.all_gather_object(errors, error)
     failed = [e for e in errors if e is not None]
     if failed:
-        raise ShardError(failed[0])
+        first = failed[0]
+        raise first if isinstance(first, NonFiniteSampleError) else ShardError(first)
 
 
 def _shard_path(out_dir: Path, k: int) -> Path:
@@ -208,6 +211,8 @@ def _sample_into(sampler, num, out, run, rank, world, image_size, channels, seed
                 with open(tmp, "wb") as f:
                     np.savez(f, images=to_uint8_images(torch.cat(images)), indices=np.arange(start, stop),
                              settings=np.array(json.dumps(run, sort_keys=True)))
+    except NonFiniteSampleError as exc:  # no shard of this batch is written
+        error = NonFiniteSampleError(exc.bad, exc.total, f"rank {rank}, shard {k}: ")
     except (OSError, RuntimeError, ValueError) as exc:  # reported by every process, not only this one
         error = f"rank {rank}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     _agree(error)
@@ -235,14 +240,25 @@ def read_manifest(out_dir: str | os.PathLike) -> tuple[dict[str, Any], np.ndarra
     out = Path(out_dir)
     try:
         manifest = json.loads((out / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ShardError(f"{out / MANIFEST}: cannot read the manifest ({exc})") from None
+    except RecursionError:
+        raise ShardError(f"{out / MANIFEST}: the manifest is nested too deeply to read") from None
     parts = []
     for shard in _checked_entries(out, manifest):
-        with np.load(out / shard["file"], allow_pickle=False) as data:
-            if not np.array_equal(data["indices"], np.arange(shard["start"], shard["stop"])):
-                raise ShardError(f"{out / shard['file']}: indices do not match the manifest")
-            parts.append(data["images"])
+        path = out / shard["file"]
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                indices, images = data["indices"], data["images"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # missing, truncated, foreign
+            raise ShardError(f"{path}: cannot read this shard ({type(exc).__name__}: {exc})") from None
+        if not np.array_equal(indices, np.arange(shard["start"], shard["stop"])):
+            raise ShardError(f"{path}: indices do not match the manifest")
+        if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(indices) or \
+                (parts and images.shape[1:] != parts[0].shape[1:]):
+            raise ShardError(f"{path}: images are {images.dtype} {images.shape}; expected uint8 "
+                             f"({len(indices)}, H, W, C) like the run's other shards")
+        parts.append(images)
     return manifest, np.concatenate(parts)
 
 

@@ -179,7 +179,8 @@ def export_onnx_sampler(
     as one ONNX model with a Loop over the steps. ``model`` is an ε-model (exported first, like
     :func:`export_onnx`) or the path of an ε-model export. Inputs: ``x_T`` and, when the sampler draws
     noise after x_T, ``noise`` (steps, B, C, H, W), slice k used at step k (ignored where the step adds
-    none). Output: ``sample``, clipped to [−1, 1]."""
+    none). Output: ``sample``, clipped to [−1, 1]; a value that is NaN or ±inf stays so, for the check after
+    the graph to see."""
     import onnx  # the "onnx" extra
 
     def make_plan(diffusion: GaussianDiffusion) -> StepPlan:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io.checkpoint import _first_line, check_diffusion_limits, decode_metadata
+from ..io.checkpoint import MAX_IMAGE_SIZE, _first_line, check_diffusion_limits, decode_metadata
 from ..io.files import atomic_path
 from ..kernels.update_rows import MAX_HISTORIES
 from ..reference.diffusion import DiffusionConfig, GaussianDiffusion
@@ -22,7 +22,6 @@ __all__ = ["OnnxModelError", "OnnxExport", "read_onnx", "METADATA_KEY", "FORMAT_
 METADATA_KEY = "fastddpm"
 FORMAT_VERSION = 1
 EPS_MODEL, SAMPLER_MODEL = "eps-model", "sampler"
-MAX_IMAGE_SIZE = 8192  # the largest default image side an export's metadata may give
 
 
 def _int(value: Any, name: str) -> int:

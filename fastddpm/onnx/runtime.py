@@ -152,7 +152,7 @@ class OrtSampler:
         if noise is not None:
             noise = self._given(noise, (self.num_steps, *shape), "noise")
         if self.plan is None:
-            x = self._sample_loop(x_T, noise, rng, shape)  # clipped in the graph: Clip keeps NaN a NaN
+            x = self._sample_loop(x_T, noise, rng, shape)  # clipped in the graph, where NaN and ±inf stay so
             if check_finite:
                 check_finite_samples(x)
             return x

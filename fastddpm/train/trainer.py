@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..config import FrozenConfig
-from ..io.checkpoint import (CheckpointError, check_diffusion_limits, check_weights_fit, read_checkpoint,
+from ..io.checkpoint import (MAX_IMAGE_SIZE, CheckpointError, check_diffusion_limits, check_weights_fit, read_checkpoint,
                              write_checkpoint)
 from ..io.files import save_image_grid
 from ..io.shards import rank_and_world
@@ -45,8 +45,14 @@ MODEL_NAME = "model.safetensors"  # EMA weights + configs, for sampling
 
 
 class NonFiniteLossError(ValueError):
-    """The training loss turned NaN or inf; the run stops without saving, so the checkpoints on disk are
-    the last ones written from finite weights."""
+    """The training loss (or the weights) turned NaN or inf; the run stops without saving, so the
+    checkpoints on disk are the last ones written from finite weights."""
+
+
+MAX_GRID_SIZE = 1024  # the most samples a training grid may hold
+# Adam's first step size is lr / (1 - beta1) = 10·lr, and torch converts it to float32: past this it
+# raises "value cannot be converted to type float without overflow" in the middle of the first step.
+MAX_LEARNING_RATE = float(torch.finfo(torch.float32).max) / 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +84,14 @@ class TrainConfig(FrozenConfig):
         for name in ("image_size", "batch_size", "steps", "grid_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        # Ceilings for what a config read from a file may allocate: the data resized to image_size, and a
+        # grid of grid_size samples.
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size must be at most {MAX_IMAGE_SIZE}, got {self.image_size}")
+        if self.grid_size > MAX_GRID_SIZE:
+            raise ValueError(f"grid_size must be at most {MAX_GRID_SIZE}, got {self.grid_size}")
+        if not (math.isfinite(self.lr) and 0 < self.lr <= MAX_LEARNING_RATE):
+            raise ValueError(f"lr must be a positive number at most {MAX_LEARNING_RATE:.3g}, got {self.lr}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         divisor = 2 ** (len(self.model.dim_mults) - 1)
@@ -115,6 +127,7 @@ class Trainer:
         self.rank, self.world_size = rank_and_world()
         self.ddp = None
         self._interrupted, self._stop_votes = False, 0  # Ctrl-C, and how many processes saw one (DDP)
+        self.saved_step: int | None = None  # the step of the last checkpoint this trainer wrote
         if self.world_size > 1:
             if self.batch % self.world_size:
                 raise ValueError(f"batch size {self.batch} does not split evenly over {self.world_size} processes")
@@ -172,6 +185,10 @@ class Trainer:
     def run(self, *, progress: bool = True, on_step: Callable[["Trainer", float], None] | None = None) -> None:
         cfg = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:  # a killed run's temporary files (atomic writes name them ".<file>.<random>.tmp")
+            for stale in self.out_dir.glob(".*.tmp"):
+                if stale.name.startswith((f".{CHECKPOINT_NAME}.", f".{MODEL_NAME}.", ".samples-")):
+                    stale.unlink(missing_ok=True)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="training", disable=not progress or self.rank != 0,
                    dynamic_ncols=True)
         running = None
@@ -230,12 +247,20 @@ class Trainer:
         return sum(self.recent_losses) / len(self.recent_losses) if self.recent_losses else None
 
     def save(self) -> None:
-        """Write the training checkpoint and the EMA model file, each atomically (rank 0 only: every
-        process holds the same state)."""
+        """Write the EMA model file, then the training checkpoint, each atomically (rank 0 only: every
+        process holds the same state). Weights that are not finite are never written: the update of the
+        last step can overflow while its loss, computed before it, was finite."""
+        bad = [name for name, module in (("model", self.model), ("EMA", self.ema))
+               if not all(torch.isfinite(p).all() for p in module.parameters())]
+        if bad:  # every process holds the same weights, so every process raises here
+            raise NonFiniteLossError(
+                f"the {' and '.join(bad)} weights are not finite at step {self.step}; stopped without saving (the "
+                f"last checkpoint in {self.out_dir} holds the last finite weights, if one was written)")
         if self.rank == 0:
             self._write()
         if self.world_size > 1:
             dist.barrier()
+        self.saved_step = self.step
 
     def _write(self) -> None:
         meta = self._meta()
@@ -247,10 +272,11 @@ class Trainer:
                 tensors[f"optim.{i}.{name}"] = torch.as_tensor(value).cpu()
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["data.perm"] = self.perm
-        write_checkpoint(self.out_dir / CHECKPOINT_NAME, tensors, {**meta, "kind": "training"})
-        model_meta = {**meta, "kind": "model"}
+        # The model file first: a kill between the two writes leaves it ahead of the checkpoint (resuming
+        # retrains the same steps bit for bit and rewrites it), never behind the run it belongs to.
         write_checkpoint(self.out_dir / MODEL_NAME, {f"model.{k}": v.cpu() for k, v in self.ema.state_dict().items()},
-                         model_meta)
+                         {**meta, "kind": "model"})
+        write_checkpoint(self.out_dir / CHECKPOINT_NAME, tensors, {**meta, "kind": "training"})
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -299,25 +325,65 @@ class Trainer:
             trainer.ema.load_state_dict(ema_sd, strict=True)
         except RuntimeError as exc:
             raise CheckpointError(f"{path}: weights do not fit the recorded config ({str(exc).splitlines()[0]})") from None
-        params = list(trainer.model.parameters())
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, name = key.split(".", 2)
-                state.setdefault(int(index), {})[name] = value
-        if state:
-            if max(state) >= len(params):
-                raise CheckpointError(f"{path}: optimizer state for parameter {max(state)} but the model has {len(params)}")
-            trainer.optimizer.load_state_dict({"state": state, "param_groups": trainer.optimizer.state_dict()["param_groups"]})
+        trainer.optimizer.load_state_dict({"state": _optimizer_state(path, tensors, list(trainer.model.parameters())),
+                                           "param_groups": trainer.optimizer.state_dict()["param_groups"]})
         trainer.step, trainer.pos = step, pos
-        trainer.perm = tensors["data.perm"].long()
-        if trainer.perm.numel() != trainer.data.shape[0]:
-            raise CheckpointError(
-                f"{path}: the run trained on {trainer.perm.numel()} images but the data now has {trainer.data.shape[0]}"
-            )
-        trainer.recent_losses = list(training.get("recent_losses") or [])
+        if (trainer.out_dir / CHECKPOINT_NAME).resolve() == path.resolve():  # on disk already, at this step
+            trainer.saved_step = step
+        trainer.perm = _data_order(path, tensors["data.perm"], trainer.data.shape[0])
+        if pos > trainer.perm.numel():
+            raise CheckpointError(f"{path}: training pos {pos} is past the {trainer.perm.numel()} images of the run")
+        trainer.recent_losses = _recent_losses(path, training.get("recent_losses"))
         torch.set_rng_state(rng_state)
         return trainer
+
+
+# Adam's state per parameter: two moments shaped like the parameter, and a scalar step count.
+_ADAM_STATE = ("exp_avg", "exp_avg_sq", "step")
+
+
+def _optimizer_state(path: Path, tensors: dict[str, torch.Tensor], params: list[torch.Tensor]) -> dict[int, dict]:
+    """The ``optim.<index>.<name>`` tensors as Adam's state, each checked against the parameter it belongs to
+    (a wrong shape would only fail at the first step, with a traceback)."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if not key.startswith("optim."):
+            continue
+        _, index, name = (key.split(".", 2) + ["", ""])[:3]
+        if not index.isdigit() or int(index) >= len(params) or name not in _ADAM_STATE:
+            raise CheckpointError(f"{path}: unexpected optimizer tensor {key!r} (expected optim.<parameter index "
+                                  f"below {len(params)}>.<{'|'.join(_ADAM_STATE)}>)")
+        expected = () if name == "step" else tuple(params[int(index)].shape)
+        if tuple(value.shape) != expected or not value.is_floating_point():
+            raise CheckpointError(f"{path}: optimizer tensor {key!r} is {value.dtype} {tuple(value.shape)}; expected "
+                                  f"a float tensor of shape {expected}")
+        state.setdefault(int(index), {})[name] = value
+    for index, entry in state.items():
+        if set(entry) != set(_ADAM_STATE):
+            raise CheckpointError(f"{path}: optimizer state of parameter {index} holds {sorted(entry)}; expected "
+                                  f"{sorted(_ADAM_STATE)}")
+    return state
+
+
+def _data_order(path: Path, perm: torch.Tensor, num_images: int) -> torch.Tensor:
+    """``data.perm``, checked to be a permutation of the data's indices (it indexes the data at every step)."""
+    if perm.numel() != num_images:
+        raise CheckpointError(f"{path}: the run trained on {perm.numel()} images but the data now has {num_images}")
+    if perm.ndim != 1 or perm.is_floating_point() or perm.is_complex() or perm.dtype == torch.bool:
+        raise CheckpointError(f"{path}: 'data.perm' is {perm.dtype} {tuple(perm.shape)}; expected integer indices")
+    perm = perm.long()
+    if not torch.equal(torch.sort(perm).values, torch.arange(num_images)):
+        raise CheckpointError(f"{path}: 'data.perm' is not a permutation of the {num_images} image indices")
+    return perm
+
+
+def _recent_losses(path: Path, values: Any) -> list[float]:
+    if values is None:
+        return []
+    if not isinstance(values, list) or len(values) > 100 or \
+            not all(type(v) in (int, float) and math.isfinite(v) for v in values):
+        raise CheckpointError(f"{path}: training recent_losses must be a list of at most 100 finite numbers")
+    return [float(v) for v in values]
 
 
 def _state_int(path: Path, training: dict[str, Any], name: str) -> int:
