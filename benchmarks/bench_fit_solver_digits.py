@@ -36,6 +36,8 @@ def main(argv=None) -> int:
     parser.add_argument("--num", type=int, default=512)
     parser.add_argument("--fit-batch", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=150)
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="the solvers each fit starts from (default: fit_solver's, all of FIT_SOLVERS)")
     parser.add_argument("--no-ancestral", action="store_true", help="skip the 1000-step baseline (minutes)")
     parser.add_argument("--save-fits", default="", help="folder to write each fit's JSON into")
     parser.add_argument("--out", default="benchmarks/results/fit-solver-digits.csv")
@@ -87,7 +89,8 @@ def main(argv=None) -> int:
                                                    spacing="logsnr"))
     for steps in args.steps:
         fit = fit_solver(model, diffusion, steps, image_size=16, channels=1, fit_batch=args.fit_batch,
-                         teacher_steps=100, iterations=args.iterations, seed=100000, progress=True)
+                         teacher_steps=100, iterations=args.iterations, seed=100000, progress=True,
+                         **({"methods": tuple(args.methods)} if args.methods else {}))
         print(f"fitted {fit.method} from {fit.start} at {steps} steps in {fit.seconds:.0f} s: timesteps "
               f"{list(fit.timesteps)}, held-out distance to the teacher {fit.heldout_start_error:.4f} -> "
               f"{fit.heldout_error:.4f}", flush=True)

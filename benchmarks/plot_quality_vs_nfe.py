@@ -1,0 +1,127 @@
+"""Quality against model evaluations (NFE) on the bundled digits model: a chart of the rows that
+``bench_fit_solver_digits.py`` wrote (a benchmark output, not a test).
+
+Two panels share the NFE axis (log scale): the share of samples a held-out digits classifier recognises
+confidently (higher is better; error bars ±1 standard error, sqrt(p(1−p)/n)), and the Fréchet distance
+of 8×8-pooled pixels to real digits (lower is better; the real-vs-real floor drawn as a dotted line).
+The 1000-step ancestral sampler is a dashed line with its standard-error band; named settings, stochastic
+samplers and fitted solvers are curves; the default of ``fastddpm sample`` is a star. Only rows with
+``--num`` samples are drawn, the newest row per sampler and NFE.
+
+    pip install matplotlib   # the plot extra: pip install ".[plot]"
+    python benchmarks/plot_quality_vs_nfe.py [--csv benchmarks/results/fit-solver-digits.csv] [--out docs/quality-vs-nfe.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from collections import defaultdict
+
+ANCESTRAL = "ancestral (ddpm, all steps)"
+DEFAULT_PREFIX = "default: "
+FITTED_PREFIX = "fitted solver"
+
+
+def newest_rows(path: str, num: int) -> list[dict]:
+    """The newest row per (sampler, evaluations) among the rows with ``num`` samples."""
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("num") and int(r["num"]) == num]
+    newest: dict[tuple[str, int], dict] = {}
+    for row in rows:  # the CSV is appended to in time order: a later row replaces an earlier one
+        newest[(row["sampler"], int(row["evaluations"]))] = row
+    return list(newest.values())
+
+
+def curve_name(sampler: str) -> str:
+    # A fit's label names the solver it started from, which can differ between step counts: one curve.
+    return "fitted solver" if sampler.startswith(FITTED_PREFIX) else sampler
+
+
+def standard_error(p: float, n: int) -> float:
+    return math.sqrt(p * (1 - p) / n)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--csv", default="benchmarks/results/fit-solver-digits.csv")
+    parser.add_argument("--out", default="docs/quality-vs-nfe.png")
+    parser.add_argument("--num", type=int, default=512, help="draw the rows with this many samples")
+    args = parser.parse_args(argv)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("needs matplotlib: pip install '.[plot]'", file=sys.stderr)
+        return 2
+
+    rows = newest_rows(args.csv, args.num)
+    if not rows:
+        print(f"{args.csv}: no rows with num={args.num}", file=sys.stderr)
+        return 2
+    curves: dict[str, list[dict]] = defaultdict(list)
+    ancestral, default = None, None
+    for row in rows:
+        if row["sampler"] == ANCESTRAL:
+            ancestral = row
+        elif row["sampler"].startswith(DEFAULT_PREFIX):
+            default = row
+        else:
+            curves[curve_name(row["sampler"])].append(row)
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 8.5), sharex=True)
+    styles = {"fitted solver": dict(color="black", marker="o", linewidth=2.2)}
+    for name, points in sorted(curves.items()):
+        points.sort(key=lambda r: int(r["evaluations"]))
+        nfe = [int(r["evaluations"]) for r in points]
+        share = [float(r["confident"]) for r in points]
+        style = styles.get(name, dict(marker="." if "respaced" in name or "η" in name else "s", linewidth=1.2))
+        line = top.errorbar(nfe, share, yerr=[standard_error(p, args.num) for p in share], label=name, capsize=2,
+                            **style)
+        bottom.plot(nfe, [float(r["frechet_pooled"]) for r in points], color=line[0].get_color(),
+                    **{k: v for k, v in style.items() if k != "color"})
+    if default is not None:
+        nfe = int(default["evaluations"])
+        top.plot([nfe], [float(default["confident"])], marker="*", markersize=16, color="#d62728", linestyle="none",
+                 label=default["sampler"], zorder=5)
+        bottom.plot([nfe], [float(default["frechet_pooled"])], marker="*", markersize=16, color="#d62728",
+                    linestyle="none", zorder=5)
+    if ancestral is not None:
+        p = float(ancestral["confident"])
+        se = standard_error(p, args.num)
+        top.axhline(p, color="#1f77b4", linestyle="--", label=f"ancestral, {ancestral['evaluations']} steps (±1 SE band)")
+        top.axhspan(p - se, p + se, color="#1f77b4", alpha=0.12)
+        bottom.axhline(float(ancestral["frechet_pooled"]), color="#1f77b4", linestyle="--")
+    floor = float(rows[0]["frechet_floor"])
+    bottom.axhline(floor, color="grey", linestyle=":", label=f"real vs real floor ({floor:.3f})")
+
+    top.set_ylabel("confidently recognised share (higher is better)")
+    bottom.set_ylabel("Fréchet distance, pooled pixels (lower is better)")
+    bottom.set_xlabel("model evaluations per image (NFE, log scale)")
+    bottom.set_xscale("log")
+    ticks = sorted({int(r["evaluations"]) for r in rows if int(r["evaluations"]) <= 200})
+    bottom.set_xticks(ticks)
+    bottom.set_xticklabels([str(t) for t in ticks])
+    bottom.minorticks_off()
+    top.legend(fontsize=7.5, loc="lower right")
+    bottom.legend(fontsize=8, loc="upper right")
+    for axis in (top, bottom):
+        axis.grid(alpha=0.3)
+    first = rows[0]
+    fig.suptitle(f"Bundled digits model (16×16): quality against NFE, {args.num} samples per point\n"
+                 f"{first['device']}, git {first['git_sha']}, torch {first['torch']}", fontsize=10)
+    fig.tight_layout()
+    from fastddpm.io.files import atomic_path
+
+    with atomic_path(args.out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    print(f"wrote {args.out} ({len(rows)} rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
