@@ -285,7 +285,8 @@ def test_cli_export_and_sample(model, diffusion, tmp_path, capsys):
     assert result.returncode == 0, result.stderr
     for args, message in ((["--checkpoint", str(checkpoint)], "--checkpoint does not apply to --onnx"),
                           (["--precision", "fp16"], "--precision does not apply to --onnx"),
-                          (["--onnx", str(tmp_path / "loop.onnx")], "a 'sampler' export; --sampler needs an ε-model")):
+                          (["--onnx", str(tmp_path / "loop.onnx")], "a 'sampler' export; --sampler needs an ε-model"),
+                          (["--onnx", str(tmp_path / "x.onnx")], "is the --onnx file itself")):
         onnx_flag = [] if "--onnx" in args else ["--onnx", str(tmp_path / "eps.onnx")]
         assert_one_line_error(run_main(capsys, "export", *onnx_flag, *args, "--sampler", "--out",
                                        str(tmp_path / "x.onnx")), message)

@@ -1,6 +1,7 @@
 """Reliability: non-finite samples and losses, configs checked before allocation, outputs checked before
 work, locked run folders and a distrusted manifest, and one-line errors for malformed files."""
 
+import functools
 import json
 import math
 import os
@@ -311,16 +312,33 @@ def test_cli_outputs_that_are_folders_fail_before_work(tmp_path, capsys):
     assert "training on" not in result.stderr
 
 
+_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@functools.lru_cache(maxsize=None)
+def _nobody_runs_fastddpm() -> bool:
+    """Whether user nobody can start this Python and import fastddpm (the interpreter or the environment
+    may sit in a folder only root may enter)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("setpriv") is None:
+        return False
+    probe = subprocess.run([*_NOBODY, sys.executable, "-c", "import fastddpm.io.checkpoint"], capture_output=True,
+                           timeout=120)
+    return probe.returncode == 0
+
+
 def _unprivileged(command):
     """``command`` as user nobody when this process is root (root writes into read-only folders and reads
     mode-000 files), else as it is."""
-    import shutil
-
     if os.geteuid():
         return command
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv: cannot drop privileges to test file permissions")
-    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    if not _nobody_runs_fastddpm():
+        pytest.skip("running as root, and user nobody cannot run this Python with fastddpm (or there is no "
+                    "setpriv): file permissions cannot be tested")
+    return [*_NOBODY, *command]
 
 
 @pytest.fixture
@@ -353,19 +371,32 @@ def test_cli_read_only_folders_fail_before_work(open_tmp):
 
 
 def test_an_unreadable_checkpoint_is_reported_as_such(open_tmp):
-    """Mode 000: safetensors itself says "No such file or directory"."""
+    """A mode-000 file (safetensors itself says "No such file or directory"), and a file in a folder this
+    user may not enter (``Path.is_file`` raises PermissionError there)."""
     import shutil
     import subprocess
     import sys
 
-    path = open_tmp / "model.safetensors"
-    shutil.copyfile(fastddpm.io.checkpoint.bundled_model_path(), path)
-    path.chmod(0o000)
-    code = ("import sys; from fastddpm.io.checkpoint import CheckpointError, read_checkpoint\n"
-            "try: read_checkpoint(sys.argv[1])\nexcept CheckpointError as exc: print(exc)")
-    said = subprocess.run(_unprivileged([sys.executable, "-c", code, str(path)]), capture_output=True, text=True,
-                          timeout=120)
-    assert f"{path}: cannot be read (permission denied)" in said.stdout, (said.stdout, said.stderr)
+    unreadable = open_tmp / "model.safetensors"
+    shutil.copyfile(fastddpm.io.checkpoint.bundled_model_path(), unreadable)
+    unreadable.chmod(0o000)
+    (open_tmp / "private").mkdir(mode=0o700)
+    hidden = open_tmp / "private" / "model.safetensors"
+    shutil.copyfile(fastddpm.io.checkpoint.bundled_model_path(), hidden)
+    if os.geteuid():
+        (open_tmp / "private").chmod(0o000)  # as the owner, a private folder needs no search permission
+    code = ("import sys; from fastddpm.io.checkpoint import CheckpointError, load\n"
+            "for path in sys.argv[1:]:\n"
+            "    try: load(path)\n"
+            "    except CheckpointError as exc: print(exc)")
+    try:
+        said = subprocess.run(_unprivileged([sys.executable, "-c", code, str(unreadable), str(hidden)]),
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        (open_tmp / "private").chmod(0o700)
+    lines = said.stdout.splitlines()
+    assert lines == [f"{unreadable}: cannot be read (permission denied)", f"{hidden}: cannot be read (permission "
+                     "denied)"], (said.stdout, said.stderr)
 
 
 # -- 4. run folders locked, manifest trusted no more ----------------------------------------------------
@@ -431,8 +462,14 @@ def test_read_manifest_rejects_untrusted_entries(tiny_sampler, tmp_path, change,
         read_manifest(out)
 
 
-def _corrupt_shard(out):
-    (out / "shard-000001.npz").write_bytes(b"PK not a zip")
+def _truncated_shard(out):
+    path = out / "shard-000001.npz"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _npy_as_shard(out):
+    with open(out / "shard-000001.npz", "wb") as f:
+        np.save(f, np.zeros((2, 8, 8, 1), np.uint8))  # loads as a plain array, not an archive
 
 
 def _other_size_shard(out):
@@ -445,7 +482,8 @@ def _other_size_shard(out):
 @pytest.mark.parametrize("change,message", [
     (lambda out: (out / "manifest.json").write_text("[" * 100_000 + "]" * 100_000), "nested too deeply"),
     (lambda out: (out / "shard-000001.npz").unlink(), "shard-000001.npz: cannot read this shard"),
-    (_corrupt_shard, "shard-000001.npz: cannot read this shard"),
+    (_truncated_shard, "shard-000001.npz: cannot read this shard"),
+    (_npy_as_shard, "shard-000001.npz: cannot read this shard (ValueError: not an .npz archive)"),
     (_other_size_shard, "images are uint8 (2, 4, 4, 1); expected uint8 (2, H, W, C) like the run's other shards"),
 ])
 def test_read_manifest_rejects_unreadable_files(tiny_sampler, tmp_path, change, message):
@@ -555,10 +593,19 @@ def test_training_never_saves_weights_that_overflowed(tmp_path):
         with torch.no_grad():
             next(trainer.model.parameters()).view(-1)[0] = float("inf")
 
-    trainer = Trainer(_tiny_config(tmp_path, steps=2, save_every=1), tmp_path / "run")
+    trainer = Trainer(_tiny_config(tmp_path, steps=2, save_every=1, sample_every=1), tmp_path / "run")
     with pytest.raises(NonFiniteLossError, match="the model weights are not finite at step 1; stopped without saving"):
         trainer.run(progress=False, on_step=overflow)
-    assert not (tmp_path / "run" / CHECKPOINT_NAME).exists()
+    assert not list((tmp_path / "run").iterdir())  # no checkpoint, and no grid sampled from those weights
+
+
+def test_cli_train_refuses_a_huge_image_size_before_reading_the_data(tmp_path, capsys):
+    import resource
+
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = run_main(capsys, "train", "--data", "digits", "--image-size", 100_000, "--out-dir", tmp_path / "run")
+    assert_one_line_error(result, "image_size must be at most 8192, got 100000")
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) * 1024 < 200 * 2**20
 
 
 def test_a_learning_rate_past_float32_is_refused_before_training(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..io.checkpoint import load_checkpoint
 from ..onnx import OnnxModelError, export_onnx, export_onnx_sampler, read_onnx
@@ -28,7 +29,8 @@ def register(sub) -> None:
     parser.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the bundled digits model)")
     parser.add_argument("--onnx", metavar="EPS.onnx",
                         help="with --sampler: build the Loop from this ε-model export instead of a checkpoint "
-                        "(no torch export; its precision, size and diffusion are the file's)")
+                        "(no torch export; its precision, size and diffusion are the file's; an export carries no "
+                        "model hash, so a --solver fit is checked against its diffusion only)")
     parser.add_argument("--out", required=True, help="output .onnx file")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="fp16: float16 weights and activations, float32 inputs and outputs (default fp32)")
@@ -66,7 +68,7 @@ def command(args: argparse.Namespace) -> None:
             export_onnx_sampler(loaded.model, out, **common, **sampler_settings(args, loaded.model, loaded.diffusion))
         else:
             export_onnx(loaded.model, out, **common)
-    except (OnnxModelError, ValueError, RuntimeError) as exc:
+    except (OnnxModelError, ValueError, RuntimeError, OSError) as exc:
         raise CLIError(one_line(exc)) from None
     what = "sampler" if args.sampler else "ε-model"
     print(f"wrote the {what} ({precision}, {size}x{size}) to {out}")
@@ -81,6 +83,8 @@ def _sampler_from_export(args: argparse.Namespace, out) -> None:
                         ("--image-size", args.image_size), ("--static-size", args.static_size or None)):
         if value is not None:
             raise CLIError(f"{flag} does not apply to --onnx: the ε-model export fixes it")
+    if Path(args.onnx).resolve() == out.resolve():
+        raise CLIError(f"--out {args.out} is the --onnx file itself: name another file")
     try:
         export = read_onnx(args.onnx)
         if export.kind != EPS_MODEL:
@@ -88,7 +92,7 @@ def _sampler_from_export(args: argparse.Namespace, out) -> None:
         diffusion = GaussianDiffusion.from_config(export.diffusion)
         check_fit_matches(args, diffusion)
         export_onnx_sampler(export.path, out, **sampler_settings(args, diffusion=diffusion))
-    except (OnnxModelError, ValueError, RuntimeError) as exc:
+    except (OnnxModelError, ValueError, RuntimeError, OSError) as exc:
         raise CLIError(one_line(exc)) from None
     height, width = export.image_size
     print(f"wrote the sampler ({export.precision}, {height}x{width}) to {out}, around {args.onnx}")

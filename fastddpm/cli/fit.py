@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..fit.solver import FIT_SOLVERS, fit_solver
+from ..fit.solver import DEFAULT_FIT_BATCH, DEFAULT_FIT_SOLVERS, FIT_SOLVERS, fit_solver
 from ..fit.timesteps import FIT_METHODS, fit_timesteps
 from ..io.checkpoint import load_checkpoint
 from ..io.files import atomic_path
@@ -70,10 +70,11 @@ def _register_solver(sub) -> None:
     )
     parser.add_argument("--steps", type=positive_int, required=True, help="model evaluations per sample")
     parser.add_argument("--method", choices=FIT_SOLVERS, action="append",
-                        help="a solver to start from (repeat for several; default: each of " + ", ".join(FIT_SOLVERS) + ")")
+                        help="a solver to start from (repeat for several; default: " + ", ".join(DEFAULT_FIT_SOLVERS)
+                        + ")")
     parser.add_argument("--order", type=int, choices=ORDERS, default=2, help="the solver's order (default 2)")
-    parser.add_argument("--batch-size", type=positive_int, default=128,
-                        help="noise draws the fit is made on, and as many held out (default 128)")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_FIT_BATCH,
+                        help=f"noise draws the fit is made on, and as many held out (default {DEFAULT_FIT_BATCH})")
     parser.add_argument("--teacher-steps", type=positive_int, default=100,
                         help="steps of the DPM-Solver++(2M) solve the fit approaches (default 100)")
     parser.add_argument("--iterations", type=positive_int, default=150, help="gradient steps (default 150)")
@@ -88,7 +89,7 @@ def solver_command(args: argparse.Namespace) -> None:
     size = image_size(args, loaded)
     try:
         fit = fit_solver(loaded.model, loaded.diffusion, args.steps, image_size=size,
-                         channels=loaded.model.config.channels, methods=tuple(args.method or FIT_SOLVERS),
+                         channels=loaded.model.config.channels, methods=tuple(args.method or DEFAULT_FIT_SOLVERS),
                          order=args.order, fit_batch=args.batch_size, teacher_steps=args.teacher_steps,
                          iterations=args.iterations, seed=args.seed, device=on, progress=not args.no_progress)
     except (ValueError, RuntimeError) as exc:  # bad settings, or a model that fails (e.g. out of memory)

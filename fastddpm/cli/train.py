@@ -9,10 +9,12 @@ from pathlib import Path
 
 import torch
 
+from ..io.checkpoint import read_checkpoint_step
 from ..reference.diffusion import BETA_SCHEDULES, LOSS_TYPES, DiffusionConfig
 from ..reference.unet import UnetConfig, _check_config
 from ..train.data import load_dataset
-from ..train.trainer import CHECKPOINT_NAME, NonFiniteLossError, TrainConfig, Trainer, read_train_config
+from ..train.trainer import (CHECKPOINT_NAME, NonFiniteLossError, TrainConfig, Trainer, check_image_size,
+                             read_train_config)
 from .common import (CLIError, RunError, check_writable_folder, int_tuple, join_process_group, leave_process_group, non_negative_int, one_line,
                      positive_int, process_device, seed)
 
@@ -107,6 +109,10 @@ def _new_trainer(args: argparse.Namespace, on: torch.device) -> Trainer:
     if not args.data:
         raise CLIError("--data is required (a folder, .npz/.npy, IDX file or 'digits') unless --resume is given")
     opts = {k: (getattr(args, k) if getattr(args, k, None) is not None else v) for k, v in _TRAIN_DEFAULTS.items()}
+    try:  # the size the data is resized to, checked before the data is read
+        check_image_size(opts["image_size"], opts["dim_mults"])
+    except ValueError as exc:
+        raise CLIError(one_line(exc)) from None
     data = load_dataset(args.data, opts["image_size"], opts["channels"])
     steps = opts["steps"]
     if args.epochs is not None:
@@ -137,14 +143,12 @@ def _train(args: argparse.Namespace, on: torch.device) -> None:
     try:
         trainer.run(progress=not args.no_progress)
     except KeyboardInterrupt:  # one Ctrl-C: saved at the last complete step; a second: stopped at once
-        if trainer.rank == 0:
+        if trainer.rank == 0:  # what the file on disk holds, read back (a second Ctrl-C can land mid-save)
             checkpoint = trainer.out_dir / CHECKPOINT_NAME
-            if trainer.saved_step == trainer.step:
-                said = f"saved {checkpoint}"
-            elif trainer.saved_step is not None:
-                said = f"not saved; {checkpoint} holds step {trainer.saved_step}"
-            else:
-                said = "not saved; this run wrote no checkpoint"
+            saved = read_checkpoint_step(checkpoint)
+            said = (f"saved {checkpoint}" if saved == trainer.step else
+                    f"not saved; {checkpoint} holds step {saved}" if saved is not None else
+                    f"not saved; there is no checkpoint in {trainer.out_dir}")
             print(f"interrupted at step {trainer.step}; {said}", file=sys.stderr)
         raise
     except OSError as exc:  # a checkpoint or grid that cannot be written

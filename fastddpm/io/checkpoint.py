@@ -76,13 +76,7 @@ def write_checkpoint(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a fastddpm ``.safetensors`` checkpoint: (tensors on CPU, metadata)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:  # opened here first: safetensors reports a file it may not read as "No such file or directory"
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot be read ({(exc.strerror or str(exc)).lower()})") from None
+    check_readable(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             header = f.metadata() or {}
@@ -93,6 +87,33 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise CheckpointError(f"{path}: safetensors file without fastddpm metadata (header key {METADATA_KEY!r})")
     meta = decode_metadata(path, header[METADATA_KEY], FORMAT_VERSION, CheckpointError, "checkpoint")
     return tensors, meta
+
+
+def check_readable(path: Path) -> None:
+    """Open ``path`` for reading once, so that each failure gets its own words: safetensors reports a file
+    it may not read as "No such file or directory", and ``Path.is_file`` raises PermissionError for a
+    file in a folder this user may not search."""
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint file") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({(exc.strerror or str(exc)).lower()})") from None
+
+
+def read_checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The training step a checkpoint records (its header only, no tensor read), None when there is no
+    readable training checkpoint at ``path``."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = json.loads((f.metadata() or {}).get(METADATA_KEY, "{}"))
+        step = meta.get("training", {}).get("step")
+    except (SafetensorError, OSError, ValueError, AttributeError, RecursionError):
+        return None
+    return step if type(step) is int else None
 
 
 def decode_metadata(path, text: str, version: int, error: type[Exception], what: str) -> dict[str, Any]:
@@ -177,8 +198,7 @@ def load_checkpoint(
 def _load_state_dict_file(path, model_config, diffusion_config) -> tuple[Unet, GaussianDiffusion]:
     if model_config is None:
         raise CheckpointError(f"{path}: a plain state_dict file carries no config; pass model_config=UnetConfig(...)")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    check_readable(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types (UnpicklingError, RuntimeError, EOFError)

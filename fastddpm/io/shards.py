@@ -21,6 +21,7 @@ import json
 import math
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -93,13 +94,26 @@ def _shard_path(out_dir: Path, k: int) -> Path:
     return out_dir / f"shard-{k:06d}.npz"
 
 
+# What reading a shard that is missing, truncated, corrupt or of another format raises.
+_UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _open_npz(path: Path):
+    """``np.load`` of an .npz archive, without pickles; ValueError for a file that is another format (a
+    plain .npy would load as an array)."""
+    data = np.load(path, allow_pickle=False)
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError("not an .npz archive")
+    return data
+
+
 def _read_shard(path: Path, start: int, stop: int, settings: dict[str, Any]) -> bool:
     """True when ``path`` is this run's complete shard; False when it is missing or unreadable (redo);
     ShardError when it is another run's (never overwrite another run's results)."""
     if not path.exists():
         return False
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with _open_npz(path) as data:
             stored = json.loads(str(data["settings"]))
             if stored != settings:  # compared before anything else is read: never resample another run's shard
                 raise _Foreign(stored)
@@ -111,7 +125,7 @@ def _read_shard(path: Path, start: int, stop: int, settings: dict[str, Any]) -> 
             count = images.shape[0]
     except _Foreign as foreign:
         stored = foreign.args[0]
-    except (OSError, ValueError, KeyError, RecursionError, zipfile.BadZipFile, EOFError):  # truncated or corrupt
+    except (*_UNREADABLE, RecursionError):  # truncated or corrupt
         return False
     if not isinstance(stored, dict):
         raise ShardError(f"{path}: not a shard of this run (its settings are not a JSON object); use a new --out-dir")
@@ -248,9 +262,9 @@ def read_manifest(out_dir: str | os.PathLike) -> tuple[dict[str, Any], np.ndarra
     for shard in _checked_entries(out, manifest):
         path = out / shard["file"]
         try:
-            with np.load(path, allow_pickle=False) as data:
+            with _open_npz(path) as data:
                 indices, images = data["indices"], data["images"]
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # missing, truncated, foreign
+        except _UNREADABLE as exc:  # missing, truncated, foreign
             raise ShardError(f"{path}: cannot read this shard ({type(exc).__name__}: {exc})") from None
         if not np.array_equal(indices, np.arange(shard["start"], shard["stop"])):
             raise ShardError(f"{path}: indices do not match the manifest")

@@ -189,11 +189,13 @@ def build_sampler_model(eps_model, plan: StepPlan):
                          value=numpy_helper.from_array(np.zeros(1, np.float32))),
         helper.make_node("Loop", [p + "trip_count", p + "true", "x_T"] + [p + "zeros"] * plan.histories,
                          [p + "x_final"] + [f"{name}_final" for name in history], body=body),
-        # Clipped to [-1, 1], except where x is ±inf: Clip alone would turn +inf into 1 and hide a diverged
-        # sample from the check after the graph (NaN passes through Clip as NaN).
+        # Clipped to [-1, 1] except where x is NaN or ±inf: Clip alone turns +inf into 1 (and the spec leaves
+        # its NaN undefined), which would hide a diverged sample from the check after the graph.
         helper.make_node("Clip", [p + "x_final", p + "minus_one", p + "one"], [p + "clipped"]),
         helper.make_node("IsInf", [p + "x_final"], [p + "is_inf"]),
-        helper.make_node("Where", [p + "is_inf", p + "x_final", p + "clipped"], ["sample"]),
+        helper.make_node("IsNaN", [p + "x_final"], [p + "is_nan"]),
+        helper.make_node("Or", [p + "is_inf", p + "is_nan"], [p + "not_finite"]),
+        helper.make_node("Where", [p + "not_finite", p + "x_final", p + "clipped"], ["sample"]),
     ]
     initializers = [
         numpy_helper.from_array(np.array(plan.steps, dtype=np.int64), p + "trip_count"),

@@ -133,9 +133,10 @@ class OrtSampler:
         clip: bool = True,
         check_finite: bool = True,
     ) -> np.ndarray:
-        """``batch_size`` images (B, C, H, W) float32, clipped to [−1, 1] unless ``clip=False``
-        (a whole-sampler export always clips). ``image_size`` defaults to the export's. Raises
-        ``NonFiniteSampleError`` (a ValueError) when samples hold NaN or inf, unless ``check_finite=False``."""
+        """``batch_size`` images (B, C, H, W) float32, clipped to [−1, 1] unless ``clip=False`` (a
+        whole-sampler export always clips, and leaves NaN and ±inf as they are). ``image_size`` defaults to
+        the export's. Raises ``NonFiniteSampleError`` (a ValueError) when samples hold NaN or inf, unless
+        ``check_finite=False``."""
         if image_size is None:
             height, width = self.image_size
         else:

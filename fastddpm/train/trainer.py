@@ -38,7 +38,7 @@ from ..reference.diffusion import LOSS_TYPES, DiffusionConfig, GaussianDiffusion
 from ..reference.unet import Unet, UnetConfig
 from .data import load_dataset
 
-__all__ = ["TrainConfig", "Trainer", "train", "read_train_config", "NonFiniteLossError"]
+__all__ = ["TrainConfig", "Trainer", "train", "read_train_config", "NonFiniteLossError", "check_image_size"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"  # full training state, for --resume
 MODEL_NAME = "model.safetensors"  # EMA weights + configs, for sampling
@@ -53,6 +53,17 @@ MAX_GRID_SIZE = 1024  # the most samples a training grid may hold
 # Adam's first step size is lr / (1 - beta1) = 10·lr, and torch converts it to float32: past this it
 # raises "value cannot be converted to type float without overflow" in the middle of the first step.
 MAX_LEARNING_RATE = float(torch.finfo(torch.float32).max) / 10
+
+
+def check_image_size(image_size: int, dim_mults) -> None:
+    """The training resolution: at most MAX_IMAGE_SIZE (the data is resized to it) and divisible by the
+    U-Net's 2**(len(dim_mults)-1)."""
+    if image_size > MAX_IMAGE_SIZE:
+        raise ValueError(f"image_size must be at most {MAX_IMAGE_SIZE}, got {image_size}")
+    divisor = 2 ** (len(dim_mults) - 1)
+    if image_size % divisor:
+        raise ValueError(f"image size {image_size} is not divisible by {divisor} (2**(len(dim_mults)-1) for "
+                         f"dim_mults={tuple(dim_mults)})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,20 +97,13 @@ class TrainConfig(FrozenConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         # Ceilings for what a config read from a file may allocate: the data resized to image_size, and a
         # grid of grid_size samples.
-        if self.image_size > MAX_IMAGE_SIZE:
-            raise ValueError(f"image_size must be at most {MAX_IMAGE_SIZE}, got {self.image_size}")
+        check_image_size(self.image_size, self.model.dim_mults)
         if self.grid_size > MAX_GRID_SIZE:
             raise ValueError(f"grid_size must be at most {MAX_GRID_SIZE}, got {self.grid_size}")
         if not (math.isfinite(self.lr) and 0 < self.lr <= MAX_LEARNING_RATE):
             raise ValueError(f"lr must be a positive number at most {MAX_LEARNING_RATE:.3g}, got {self.lr}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
-        divisor = 2 ** (len(self.model.dim_mults) - 1)
-        if self.image_size % divisor:
-            raise ValueError(
-                f"image size {self.image_size} is not divisible by {divisor} (2**(len(dim_mults)-1) for "
-                f"dim_mults={self.model.dim_mults})"
-            )
 
 
 class Trainer:
@@ -127,7 +131,6 @@ class Trainer:
         self.rank, self.world_size = rank_and_world()
         self.ddp = None
         self._interrupted, self._stop_votes = False, 0  # Ctrl-C, and how many processes saw one (DDP)
-        self.saved_step: int | None = None  # the step of the last checkpoint this trainer wrote
         if self.world_size > 1:
             if self.batch % self.world_size:
                 raise ValueError(f"batch size {self.batch} does not split evenly over {self.world_size} processes")
@@ -185,10 +188,7 @@ class Trainer:
     def run(self, *, progress: bool = True, on_step: Callable[["Trainer", float], None] | None = None) -> None:
         cfg = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        if self.rank == 0:  # a killed run's temporary files (atomic writes name them ".<file>.<random>.tmp")
-            for stale in self.out_dir.glob(".*.tmp"):
-                if stale.name.startswith((f".{CHECKPOINT_NAME}.", f".{MODEL_NAME}.", ".samples-")):
-                    stale.unlink(missing_ok=True)
+        self._on_rank_0(self._remove_stale_temporaries)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="training", disable=not progress or self.rank != 0,
                    dynamic_ncols=True)
         running = None
@@ -210,8 +210,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{running:.4f}")
                 if on_step is not None:
                     on_step(self, loss)
-                if cfg.sample_every and self.step % cfg.sample_every == 0 and self.rank == 0:
-                    self.save_grid(self.out_dir / f"samples-{self.step:06d}.png")
+                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self._check_finite_weights()  # a grid from non-finite weights would be black, not an error
+                    self._on_rank_0(lambda: self.save_grid(self.out_dir / f"samples-{self.step:06d}.png"))
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
                     self.save()
         finally:
@@ -250,17 +251,38 @@ class Trainer:
         """Write the EMA model file, then the training checkpoint, each atomically (rank 0 only: every
         process holds the same state). Weights that are not finite are never written: the update of the
         last step can overflow while its loss, computed before it, was finite."""
+        self._check_finite_weights()
+        self._on_rank_0(self._write)
+
+    def _check_finite_weights(self) -> None:
         bad = [name for name, module in (("model", self.model), ("EMA", self.ema))
                if not all(torch.isfinite(p).all() for p in module.parameters())]
         if bad:  # every process holds the same weights, so every process raises here
             raise NonFiniteLossError(
                 f"the {' and '.join(bad)} weights are not finite at step {self.step}; stopped without saving (the "
                 f"last checkpoint in {self.out_dir} holds the last finite weights, if one was written)")
+
+    def _on_rank_0(self, write: Callable[[], None]) -> None:
+        """Run a write on rank 0 only, and raise its OSError in every process (a failure on rank 0 alone
+        would leave the others waiting at the next collective)."""
+        failure = None
         if self.rank == 0:
-            self._write()
+            try:
+                write()
+            except OSError as exc:
+                failure = str(exc)
         if self.world_size > 1:
-            dist.barrier()
-        self.saved_step = self.step
+            shared = [failure]
+            dist.broadcast_object_list(shared, src=0)
+            failure = shared[0]
+        if failure is not None:
+            raise OSError(failure)
+
+    def _remove_stale_temporaries(self) -> None:
+        """A killed run's temporary files (atomic writes name them ".<file>.<random>.tmp")."""
+        for stale in self.out_dir.glob(".*.tmp"):
+            if stale.name.startswith((f".{CHECKPOINT_NAME}.", f".{MODEL_NAME}.", ".samples-")) and stale.is_file():
+                stale.unlink(missing_ok=True)
 
     def _write(self) -> None:
         meta = self._meta()
@@ -328,8 +350,6 @@ class Trainer:
         trainer.optimizer.load_state_dict({"state": _optimizer_state(path, tensors, list(trainer.model.parameters())),
                                            "param_groups": trainer.optimizer.state_dict()["param_groups"]})
         trainer.step, trainer.pos = step, pos
-        if (trainer.out_dir / CHECKPOINT_NAME).resolve() == path.resolve():  # on disk already, at this step
-            trainer.saved_step = step
         trainer.perm = _data_order(path, tensors["data.perm"], trainer.data.shape[0])
         if pos > trainer.perm.numel():
             raise CheckpointError(f"{path}: training pos {pos} is past the {trainer.perm.numel()} images of the run")
