@@ -36,8 +36,8 @@ def main(argv=None) -> int:
     parser.add_argument("--num", type=int, default=512)
     parser.add_argument("--fit-batch", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=150)
-    parser.add_argument("--methods", nargs="+", default=None,
-                        help="the solvers each fit starts from (default: fit_solver's, all of FIT_SOLVERS)")
+    parser.add_argument("--methods", nargs="+", default=None, choices=("dpmsolver++", "unipc"),
+                        help="the solvers each fit starts from (default: fit_solver's, UniPC)")
     parser.add_argument("--no-ancestral", action="store_true", help="skip the 1000-step baseline (minutes)")
     parser.add_argument("--save-fits", default="", help="folder to write each fit's JSON into")
     parser.add_argument("--out", default="benchmarks/results/fit-solver-digits.csv")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import math
 import sys
 from collections import defaultdict
@@ -25,13 +26,16 @@ DEFAULT_PREFIX = "default: "
 FITTED_PREFIX = "fitted solver"
 
 
-def newest_rows(path: str, num: int) -> list[dict]:
-    """The newest row per (sampler, evaluations) among the rows with ``num`` samples."""
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("num") and int(r["num"]) == num]
+def newest_rows(paths: list[str], num: int) -> list[dict]:
+    """The newest row (by its date) per curve and NFE among the rows with ``num`` samples. A run whose
+    columns differ (fitted rows add two) is appended to a sibling file ``<name>-<hash>.csv``: read them all."""
+    rows = []
+    for path in paths:
+        with open(path, newline="") as f:
+            rows += [r for r in csv.DictReader(f) if r.get("num") and int(r["num"]) == num]
     newest: dict[tuple[str, int], dict] = {}
-    for row in rows:  # the CSV is appended to in time order: a later row replaces an earlier one
-        newest[(row["sampler"], int(row["evaluations"]))] = row
+    for row in sorted(rows, key=lambda r: r["date"]):  # ISO dates: a later row replaces an earlier one
+        newest[(curve_name(row["sampler"]), int(row["evaluations"]))] = row
     return list(newest.values())
 
 
@@ -46,7 +50,8 @@ def standard_error(p: float, n: int) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csv", default="benchmarks/results/fit-solver-digits.csv")
+    parser.add_argument("--csv", nargs="+", default=sorted(glob.glob("benchmarks/results/fit-solver-digits*.csv")),
+                        help="result files (default: benchmarks/results/fit-solver-digits*.csv)")
     parser.add_argument("--out", default="docs/quality-vs-nfe.png")
     parser.add_argument("--num", type=int, default=512, help="draw the rows with this many samples")
     args = parser.parse_args(argv)
@@ -59,7 +64,7 @@ def main(argv=None) -> int:
         print("needs matplotlib: pip install '.[plot]'", file=sys.stderr)
         return 2
 
-    rows = newest_rows(args.csv, args.num)
+    rows = newest_rows(args.csv, args.num) if args.csv else []
     if not rows:
         print(f"{args.csv}: no rows with num={args.num}", file=sys.stderr)
         return 2
@@ -86,10 +91,9 @@ def main(argv=None) -> int:
                     **{k: v for k, v in style.items() if k != "color"})
     if default is not None:
         nfe = int(default["evaluations"])
-        top.plot([nfe], [float(default["confident"])], marker="*", markersize=16, color="#d62728", linestyle="none",
-                 label=default["sampler"], zorder=5)
-        bottom.plot([nfe], [float(default["frechet_pooled"])], marker="*", markersize=16, color="#d62728",
-                    linestyle="none", zorder=5)
+        star = dict(marker="*", markersize=18, color="gold", markeredgecolor="black", linestyle="none", zorder=5)
+        top.plot([nfe], [float(default["confident"])], label=default["sampler"], **star)
+        bottom.plot([nfe], [float(default["frechet_pooled"])], **star)
     if ancestral is not None:
         p = float(ancestral["confident"])
         se = standard_error(p, args.num)
@@ -100,20 +104,21 @@ def main(argv=None) -> int:
     bottom.axhline(floor, color="grey", linestyle=":", label=f"real vs real floor ({floor:.3f})")
 
     top.set_ylabel("confidently recognised share (higher is better)")
-    bottom.set_ylabel("Fréchet distance, pooled pixels (lower is better)")
+    bottom.set_ylabel("Fréchet distance, pooled pixels (log; lower is better)")
     bottom.set_xlabel("model evaluations per image (NFE, log scale)")
     bottom.set_xscale("log")
+    bottom.set_yscale("log")  # a 4-step solve on logsnr timesteps lands near 10, the good samplers near 0.6-0.9
     ticks = sorted({int(r["evaluations"]) for r in rows if int(r["evaluations"]) <= 200})
     bottom.set_xticks(ticks)
     bottom.set_xticklabels([str(t) for t in ticks])
     bottom.minorticks_off()
-    top.legend(fontsize=7.5, loc="lower right")
+    top.legend(fontsize=7, loc="lower right", ncol=2)
     bottom.legend(fontsize=8, loc="upper right")
     for axis in (top, bottom):
         axis.grid(alpha=0.3)
-    first = rows[0]
-    fig.suptitle(f"Bundled digits model (16×16): quality against NFE, {args.num} samples per point\n"
-                 f"{first['device']}, git {first['git_sha']}, torch {first['torch']}", fontsize=10)
+    runs = ", ".join(sorted({f"{r['device']}, torch {r['torch']}, git {r['git_sha']}" for r in rows}))
+    fig.suptitle(f"Bundled digits model (16×16): quality against NFE, {args.num} samples per point\n{runs}",
+                 fontsize=9)
     fig.tight_layout()
     from fastddpm.io.files import atomic_path
 

@@ -586,14 +586,15 @@ def test_training_writes_the_model_file_first_and_removes_its_stale_temporaries(
     assert not any(path.exists() for path in ours) and theirs.exists()
 
 
-def test_training_never_saves_weights_that_overflowed(tmp_path):
+@pytest.mark.parametrize("sample_every", [0, 1])  # the save's own check, and the grid's before it
+def test_training_never_saves_weights_that_overflowed(tmp_path, sample_every):
     """A step's loss is computed before its update, so an update that overflows a weight (here: set to inf
     after step 1, as an overflowing update would leave it) passes the loss check; the save refuses it."""
     def overflow(trainer, loss):
         with torch.no_grad():
             next(trainer.model.parameters()).view(-1)[0] = float("inf")
 
-    trainer = Trainer(_tiny_config(tmp_path, steps=2, save_every=1, sample_every=1), tmp_path / "run")
+    trainer = Trainer(_tiny_config(tmp_path, steps=2, save_every=1, sample_every=sample_every), tmp_path / "run")
     with pytest.raises(NonFiniteLossError, match="the model weights are not finite at step 1; stopped without saving"):
         trainer.run(progress=False, on_step=overflow)
     assert not list((tmp_path / "run").iterdir())  # no checkpoint, and no grid sampled from those weights

@@ -146,9 +146,9 @@ def _train(args: argparse.Namespace, on: torch.device) -> None:
         if trainer.rank == 0:  # what the file on disk holds, read back (a second Ctrl-C can land mid-save)
             checkpoint = trainer.out_dir / CHECKPOINT_NAME
             saved = read_checkpoint_step(checkpoint)
-            said = (f"saved {checkpoint}" if saved == trainer.step else
+            said = (f"saved {checkpoint}" if saved == trainer.step == trainer.saved_step else
                     f"not saved; {checkpoint} holds step {saved}" if saved is not None else
-                    f"not saved; there is no checkpoint in {trainer.out_dir}")
+                    f"not saved; there is no readable training checkpoint in {trainer.out_dir}")
             print(f"interrupted at step {trainer.step}; {said}", file=sys.stderr)
         raise
     except OSError as exc:  # a checkpoint or grid that cannot be written

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -70,7 +71,10 @@ def write_checkpoint(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor
     payload = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     header = {METADATA_KEY: json.dumps({"format": FORMAT_VERSION, **meta}, sort_keys=True)}
     with atomic_path(path) as tmp:
-        save_file(payload, str(tmp), metadata=header)
+        try:
+            save_file(payload, str(tmp), metadata=header)
+        except SafetensorError as exc:  # e.g. a full disk: reported as the OSError it is
+            raise OSError(f"cannot write {path}: {exc}") from None
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -94,12 +98,15 @@ def check_readable(path: Path) -> None:
     it may not read as "No such file or directory", and ``Path.is_file`` raises PermissionError for a
     file in a folder this user may not search."""
     try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise CheckpointError(f"{path}: a folder, not a checkpoint file")
+        if not stat.S_ISREG(mode):  # a FIFO would block the open below
+            raise CheckpointError(f"{path}: not a regular file")
         with open(path, "rb"):
             pass
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise CheckpointError(f"{path}: no such checkpoint file") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{path}: a folder, not a checkpoint file") from None
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot be read ({(exc.strerror or str(exc)).lower()})") from None
 

@@ -101,6 +101,8 @@ _UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib
 def _open_npz(path: Path):
     """``np.load`` of an .npz archive, without pickles; ValueError for a file that is another format (a
     plain .npy would load as an array)."""
+    if not zipfile.is_zipfile(path):  # checked before loading: a plain .npy would be read whole
+        raise ValueError("not an .npz archive")
     data = np.load(path, allow_pickle=False)
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise ValueError("not an .npz archive")

@@ -131,6 +131,7 @@ class Trainer:
         self.rank, self.world_size = rank_and_world()
         self.ddp = None
         self._interrupted, self._stop_votes = False, 0  # Ctrl-C, and how many processes saw one (DDP)
+        self.saved_step: int | None = None  # the step of the last checkpoint this trainer wrote
         if self.world_size > 1:
             if self.batch % self.world_size:
                 raise ValueError(f"batch size {self.batch} does not split evenly over {self.world_size} processes")
@@ -253,6 +254,7 @@ class Trainer:
         last step can overflow while its loss, computed before it, was finite."""
         self._check_finite_weights()
         self._on_rank_0(self._write)
+        self.saved_step = self.step
 
     def _check_finite_weights(self) -> None:
         bad = [name for name, module in (("model", self.model), ("EMA", self.ema))
@@ -263,20 +265,25 @@ class Trainer:
                 f"last checkpoint in {self.out_dir} holds the last finite weights, if one was written)")
 
     def _on_rank_0(self, write: Callable[[], None]) -> None:
-        """Run a write on rank 0 only, and raise its OSError in every process (a failure on rank 0 alone
-        would leave the others waiting at the next collective)."""
-        failure = None
+        """Run a write on rank 0 only; whatever it raises, every process learns of it (a failure on rank 0
+        alone would leave the others waiting at the next collective): rank 0 re-raises its own error, the
+        others an OSError (for an OSError) or RuntimeError naming it."""
+        failure, error = None, None
         if self.rank == 0:
             try:
                 write()
-            except OSError as exc:
-                failure = str(exc)
+            except BaseException as exc:  # noqa: BLE001  (KeyboardInterrupt too: shared, then re-raised)
+                error, failure = exc, (isinstance(exc, OSError), f"rank 0: {type(exc).__name__}: {exc}")
         if self.world_size > 1:
             shared = [failure]
-            dist.broadcast_object_list(shared, src=0)
+            # The device the objects travel through: this process's GPU under NCCL (not GPU 0 for all).
+            dist.broadcast_object_list(shared, src=0, device=self.device if self.device.type == "cuda" else None)
             failure = shared[0]
+        if error is not None:
+            raise error
         if failure is not None:
-            raise OSError(failure)
+            is_os_error, message = failure
+            raise (OSError if is_os_error else RuntimeError)(message)
 
     def _remove_stale_temporaries(self) -> None:
         """A killed run's temporary files (atomic writes name them ".<file>.<random>.tmp")."""
