@@ -56,10 +56,9 @@ def default_sampler_kwargs(model: Any, diffusion: GaussianDiffusion) -> dict[str
         fit = None
     if fit is not None and diffusion.config == fit.diffusion and model_sha256(model) == fit.model_sha256:
         return {"plan": fit.plan()}
-    # All five keys, as solver_settings gives them for the same sampler asked by name: a sharded run keys
-    # its shards by these settings, and a resume that names them must match.
-    return {"method": DEFAULT_METHOD, "steps": min(DEFAULT_STEPS, diffusion.num_timesteps), "eta": None,
-            "spacing": DEFAULT_SPACING, "order": None}
+    # The same five keys as the sampler asked for by name: a sharded run keys its shards by these settings,
+    # and a resume that names them must match.
+    return solver_settings(None, diffusion, method=DEFAULT_METHOD)
 
 
 def solver_settings(model: Any, diffusion: GaussianDiffusion | None, *, method: str | None = None,

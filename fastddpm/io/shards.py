@@ -99,14 +99,10 @@ _UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib
 
 
 def _open_npz(path: Path):
-    """``np.load`` of an .npz archive, without pickles; ValueError for a file that is another format (a
-    plain .npy would load as an array)."""
+    """``np.load`` of an .npz archive, without pickles; ValueError for a file that is another format."""
     if not zipfile.is_zipfile(path):  # checked before loading: a plain .npy would be read whole
         raise ValueError("not an .npz archive")
-    data = np.load(path, allow_pickle=False)
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ValueError("not an .npz archive")
-    return data
+    return np.load(path, allow_pickle=False)  # a zip archive: np.load returns its NpzFile
 
 
 def _read_shard(path: Path, start: int, stop: int, settings: dict[str, Any]) -> bool:
