@@ -91,3 +91,50 @@ def test_config_round_trip_and_validation():
         dataclasses.replace(config, loss="l3")
     with pytest.raises(ValueError, match="model channels=1 but data channels=3"):
         dataclasses.replace(config, channels=3)
+
+
+def test_cosine_schedule_is_taken_and_resumes_exactly(tmp_path):
+    # The rate each Adam step used is read back from the optimizer: warm-up, then the closed-form cosine.
+    config = tiny_config(steps=10, lr_schedule="cosine", warmup_steps=3)
+    seen = []
+    Trainer(config, tmp_path / "a", data=tiny_data()).run(
+        progress=False, on_step=lambda tr, loss: seen.append(tr.optimizer.param_groups[0]["lr"]))
+    lr, warm, total = config.lr, config.warmup_steps, config.steps
+    expected = [lr * min(1.0, s / warm) * 0.5 * (1 + np.cos(np.pi * max(0, s - 1 - warm) / (total - warm)))
+                for s in range(1, total + 1)]
+    np.testing.assert_allclose(seen, expected, rtol=1e-12)
+    assert seen[warm - 1] == lr and 0 < seen[-1] < 0.1 * lr  # peak after the warm-up, near 0 at the end
+    assert TrainConfig.from_json(config.to_json()) == config
+    # The rate is a function of the step: a run stopped after 4 steps and resumed equals an uninterrupted one.
+    straight = Trainer(config, tmp_path / "b", data=tiny_data())
+    straight.run(progress=False)
+    first = Trainer(config, tmp_path / "c", data=tiny_data())
+    (tmp_path / "c").mkdir()
+    for _ in range(4):
+        first.train_step()
+    first.save()
+    resumed = Trainer.resume(tmp_path / "c" / "checkpoint.safetensors", data=tiny_data())
+    resumed.run(progress=False)
+    a, b = _state(straight), _state(resumed)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    with pytest.raises(ValueError, match="unknown lr_schedule"):
+        dataclasses.replace(config, lr_schedule="linear")
+    with pytest.raises(ValueError, match="warmup_steps must be a non-negative integer"):
+        dataclasses.replace(config, warmup_steps=-1)
+
+
+def test_start_from_a_model_file(tmp_path):
+    first = Trainer(tiny_config(steps=3), tmp_path / "a", data=tiny_data())
+    first.run(progress=False)
+    config = tiny_config(steps=2, init=str(tmp_path / "a" / "model.safetensors"), seed=1)
+    tuned = Trainer(config, tmp_path / "b", data=tiny_data())
+    tuned.start_from(config.init)
+    for key, value in first.ema.state_dict().items():  # both copies start from the file's (EMA) weights
+        assert torch.equal(tuned.model.state_dict()[key], value) and torch.equal(tuned.ema.state_dict()[key], value)
+    tuned.run(progress=False)
+    with pytest.raises(ValueError, match="before training"):
+        tuned.start_from(config.init)
+    other = Trainer(tiny_config(model=UnetConfig(dim=12, channels=1, dim_mults=(1, 2))), tmp_path / "c", data=tiny_data())
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: key '.*' has shape"):
+        other.start_from(config.init)

@@ -9,17 +9,18 @@ from pathlib import Path
 
 import torch
 
-from ..io.checkpoint import read_checkpoint_step
+from ..io.checkpoint import load_checkpoint, read_checkpoint_step
 from ..reference.diffusion import BETA_SCHEDULES, LOSS_TYPES, DiffusionConfig
 from ..reference.unet import UnetConfig, _check_config
 from ..train.data import load_dataset
-from ..train.trainer import (CHECKPOINT_NAME, NonFiniteLossError, TrainConfig, Trainer, check_image_size,
-                             read_train_config)
+from ..train.trainer import (CHECKPOINT_NAME, LR_SCHEDULES, NonFiniteLossError, TrainConfig, Trainer,
+                             check_image_size, read_train_config)
 from .common import (CLIError, RunError, check_writable_folder, int_tuple, join_process_group, leave_process_group, non_negative_int, one_line,
                      positive_int, process_device, seed)
 
 _TRAIN_DEFAULTS = dict(image_size=28, channels=1, dim=28, dim_mults=(1, 2, 4), block="convnext", resnet_groups=8,
-                       timesteps=200, schedule="linear", loss="huber", lr=1e-3, batch_size=64, steps=1000,
+                       timesteps=200, schedule="linear", loss="huber", lr=1e-3, lr_schedule="constant", warmup_steps=0,
+                       batch_size=64, steps=1000,
                        ema_decay=0.999, seed=0, sample_every=0, save_every=500)
 
 
@@ -37,6 +38,9 @@ def register(sub) -> None:
     parser.add_argument("--data", help="folder of PNG/JPEG images, .npz/.npy array, *-idx3-ubyte[.gz] file, or 'digits'")
     parser.add_argument("--out-dir", help="output folder (default runs/train; when resuming, the checkpoint's folder)")
     parser.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint.safetensors")
+    parser.add_argument("--init", metavar="MODEL",
+                        help="fine-tune: start the weights from a model file (its model and diffusion configs, "
+                        "image size and channels are the run's; a fresh optimizer)")
     g = parser.add_argument_group("data and model (fixed by the checkpoint when resuming)")
     g.add_argument("--image-size", type=positive_int, help="train resolution (default 28)")
     g.add_argument("--channels", type=int, choices=(1, 3), help="1 grayscale or 3 RGB (default 1)")
@@ -49,6 +53,9 @@ def register(sub) -> None:
     o = parser.add_argument_group("optimisation")
     o.add_argument("--loss", choices=tuple(LOSS_TYPES), help="loss (default huber, the reference's)")
     o.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    o.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                   help="constant (the reference's, default) or cosine: decays to 0 at the last step")
+    o.add_argument("--warmup-steps", type=non_negative_int, help="linear learning-rate warm-up steps (default 0)")
     o.add_argument("--batch-size", type=positive_int, help="batch size (default 64)")
     length = o.add_mutually_exclusive_group()
     length.add_argument("--steps", type=positive_int, help="total optimisation steps (default 1000)")
@@ -85,7 +92,7 @@ def _resumed_trainer(args: argparse.Namespace, on: torch.device) -> Trainer:
                 "dim_mults": config.model.dim_mults, "block": "convnext" if config.model.use_convnext else "resnet",
                 "resnet_groups": config.model.resnet_block_groups, "timesteps": config.diffusion.timesteps,
                 "schedule": config.diffusion.beta_schedule, "loss": config.loss, "lr": config.lr,
-                "batch_size": config.batch_size, "ema_decay": config.ema_decay, "seed": config.seed}
+                "lr_schedule": config.lr_schedule, "warmup_steps": config.warmup_steps, "batch_size": config.batch_size, "ema_decay": config.ema_decay, "seed": config.seed}
     for name, value in recorded.items():
         given = getattr(args, name)
         if given is not None and given != value:
@@ -108,7 +115,10 @@ def _resumed_trainer(args: argparse.Namespace, on: torch.device) -> Trainer:
 def _new_trainer(args: argparse.Namespace, on: torch.device) -> Trainer:
     if not args.data:
         raise CLIError("--data is required (a folder, .npz/.npy, IDX file or 'digits') unless --resume is given")
-    opts = {k: (getattr(args, k) if getattr(args, k, None) is not None else v) for k, v in _TRAIN_DEFAULTS.items()}
+    defaults = dict(_TRAIN_DEFAULTS)
+    if args.init:  # the run's model is the file's: its configs become the defaults, and a flag must agree
+        defaults.update(_init_settings(args))
+    opts = {k: (getattr(args, k) if getattr(args, k, None) is not None else v) for k, v in defaults.items()}
     try:  # the size the data is resized to, checked before the data is read
         check_image_size(opts["image_size"], opts["dim_mults"])
     except ValueError as exc:
@@ -124,12 +134,32 @@ def _new_trainer(args: argparse.Namespace, on: torch.device) -> Trainer:
         config = TrainConfig(
             data=str(args.data), image_size=opts["image_size"], channels=opts["channels"], model=model,
             diffusion=DiffusionConfig(opts["timesteps"], opts["schedule"]), loss=opts["loss"], lr=opts["lr"],
-            batch_size=opts["batch_size"], steps=steps, ema_decay=opts["ema_decay"], seed=opts["seed"],
-            sample_every=opts["sample_every"], save_every=opts["save_every"],
+            lr_schedule=opts["lr_schedule"], warmup_steps=opts["warmup_steps"], batch_size=opts["batch_size"], steps=steps, ema_decay=opts["ema_decay"], seed=opts["seed"],
+            sample_every=opts["sample_every"], save_every=opts["save_every"], init=args.init,
         )
-        return Trainer(config, args.out_dir or "runs/train", data=data, device=on)
+        trainer = Trainer(config, args.out_dir or "runs/train", data=data, device=on)
+        if args.init:
+            trainer.start_from(args.init)
+        return trainer
     except ValueError as exc:
         raise CLIError(one_line(exc)) from None
+
+
+def _init_settings(args: argparse.Namespace) -> dict:
+    """The model, diffusion and image settings of the ``--init`` file; a flag given with another value is refused."""
+    loaded = load_checkpoint(args.init)
+    model, diffusion = loaded.model.config, loaded.diffusion
+    recorded = {"channels": model.channels, "dim": model.dim, "dim_mults": tuple(model.dim_mults),
+                "block": "convnext" if model.use_convnext else "resnet", "resnet_groups": model.resnet_block_groups,
+                "timesteps": diffusion.num_timesteps, "schedule": diffusion.config.beta_schedule}
+    if loaded.image_size is not None:
+        recorded["image_size"] = loaded.image_size
+    for name, value in recorded.items():
+        given = getattr(args, name)
+        if given is not None and given != value:
+            flag = "--" + name.replace("_", "-")
+            raise CLIError(f"{flag} {given} does not match --init {args.init}, which has {name}={value}")
+    return recorded
 
 
 def _train(args: argparse.Namespace, on: torch.device) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .metadata import EPS_MODEL, OnnxExport, OnnxModelError, read_onnx
+from .passes import split_projection_convs
 
 __all__ = ["OpenVinoEpsModel", "NEEDS_OPENVINO", "OPENVINO_PRECISIONS"]
 
@@ -54,7 +55,9 @@ class OpenVinoEpsModel:
         self.precision, self.channels, self.image_size = precision, export.channels, export.image_size
         try:
             self._core = openvino.Core()
-            self._network = self._core.read_model(export.model.SerializeToString(), b"")
+            # q/k/v as three convolutions: OpenVINO runs the channel Split of one with its slow reference kernel.
+            network = split_projection_convs(export.model)
+            self._network = self._core.read_model(network.SerializeToString(), b"")
         except Exception as exc:  # OpenVINO raises its own exception types; name the file
             raise OnnxModelError(f"{export.path}: OpenVINO cannot read it ({_last_line(exc)})") from None
         self._config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision],

@@ -38,7 +38,8 @@ from ..reference.diffusion import LOSS_TYPES, DiffusionConfig, GaussianDiffusion
 from ..reference.unet import Unet, UnetConfig
 from .data import load_dataset
 
-__all__ = ["TrainConfig", "Trainer", "train", "read_train_config", "NonFiniteLossError", "check_image_size"]
+__all__ = ["TrainConfig", "Trainer", "train", "read_train_config", "NonFiniteLossError", "check_image_size",
+           "LR_SCHEDULES"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"  # full training state, for --resume
 MODEL_NAME = "model.safetensors"  # EMA weights + configs, for sampling
@@ -53,6 +54,7 @@ MAX_GRID_SIZE = 1024  # the most samples a training grid may hold
 # Adam's first step size is lr / (1 - beta1) = 10·lr, and torch converts it to float32: past this it
 # raises "value cannot be converted to type float without overflow" in the middle of the first step.
 MAX_LEARNING_RATE = float(torch.finfo(torch.float32).max) / 10
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def check_image_size(image_size: int, dim_mults) -> None:
@@ -77,6 +79,9 @@ class TrainConfig(FrozenConfig):
     diffusion: DiffusionConfig = DiffusionConfig()
     loss: str = "huber"  # the reference's training loss
     lr: float = 1e-3  # the reference's Adam learning rate
+    lr_schedule: str = "constant"  # the reference's; "cosine" decays lr to 0 at `steps`
+    warmup_steps: int = 0  # lr grows linearly from lr/warmup_steps to lr over the first warmup_steps
+    init: str | None = None  # the model file the weights started from (provenance; None: random init)
     batch_size: int = 64
     steps: int = 1000
     ema_decay: float = 0.999
@@ -104,6 +109,23 @@ class TrainConfig(FrozenConfig):
             raise ValueError(f"lr must be a positive number at most {MAX_LEARNING_RATE:.3g}, got {self.lr}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; expected one of {list(LR_SCHEDULES)}")
+        if type(self.warmup_steps) is not int or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimisation step ``step`` (1-based: the step being taken).
+
+        A function of the step alone, so a resumed run takes the same rates as an uninterrupted one; a resume
+        that raises ``steps`` stretches the rest of a cosine schedule to the new end."""
+        factor = min(1.0, step / self.warmup_steps) if self.warmup_steps else 1.0
+        if self.lr_schedule == "cosine":
+            # Decays over the steps after the warm-up; step `steps` itself still gets a small positive rate.
+            span = max(1, self.steps - self.warmup_steps)
+            progress = min(1.0, max(0, step - 1 - self.warmup_steps) / span)
+            factor *= 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.lr * factor
 
 
 class Trainer:
@@ -138,6 +160,20 @@ class Trainer:
             self.ddp = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
+    def start_from(self, path: str | os.PathLike) -> None:
+        """Start the weights (and their EMA) from a model file's ``model.*`` tensors: fine-tuning. Call before
+        the first step; the file must hold exactly this run's model (names and shapes are checked)."""
+        path = Path(path)
+        if self.step:
+            raise ValueError(f"start_from({path}) after {self.step} steps: call it before training")
+        tensors, _ = read_checkpoint(path)
+        weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        check_weights_fit(path, self.config.model, weights)
+        with torch.no_grad():
+            for name, value in self.model.state_dict().items():
+                value.copy_(weights[name])
+        self.ema.load_state_dict(self.model.state_dict())
+
     # -- one optimisation step ---------------------------------------------------------------------
     def _next_batch(self) -> torch.Tensor:
         if self.pos + self.batch > self.perm.numel():  # a new epoch: reshuffle, drop the ragged tail
@@ -161,6 +197,8 @@ class Trainer:
         loss = self.diffusion.p_losses(model, on(x0[part]), on(t[part]), noise=on(noise[part]), loss_type=self.config.loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr_at(self.step + 1)
         self.optimizer.step()
         self.step += 1
         self._update_ema()
@@ -441,5 +479,7 @@ def _training_config(path: Path, meta: dict[str, Any]) -> TrainConfig:
 def train(config: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = True) -> Trainer:
     """Train from scratch per ``config``, writing checkpoints, the EMA model and grids into ``out_dir``."""
     trainer = Trainer(config, out_dir)
+    if config.init is not None:
+        trainer.start_from(config.init)
     trainer.run(progress=progress)
     return trainer
