@@ -39,6 +39,10 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", default=None, choices=("dpmsolver++", "unipc"),
                         help="the solvers each fit starts from (default: fit_solver's, UniPC)")
     parser.add_argument("--no-ancestral", action="store_true", help="skip the 1000-step baseline (minutes)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a model file to score instead of the bundled model (its default row is skipped "
+                        "unless --solver names a fit for it)")
+    parser.add_argument("--solver", default=None, help="a fitted solver's JSON to score as the default row")
     parser.add_argument("--save-fits", default="", help="folder to write each fit's JSON into")
     parser.add_argument("--out", default="benchmarks/results/fit-solver-digits.csv")
     args = parser.parse_args(argv)
@@ -48,7 +52,7 @@ def main(argv=None) -> int:
     from fastddpm.eval.quality import digits_score, frechet_distance, pooled_pixels, real_digits, score_pixels
     from fastddpm.fit.solver import fit_solver
 
-    model, diffusion = fastddpm.load()
+    model, diffusion = fastddpm.load(args.checkpoint)
     reference, heldout = real_digits()
     floor = frechet_distance(heldout[: args.num], reference)
     env = environment("cpu")
@@ -71,8 +75,16 @@ def main(argv=None) -> int:
                      "frechet_pooled": round(fd, 5), "frechet_floor": round(floor, 5), "seconds": round(seconds, 2),
                      **(extra or {})})
 
-    default = fastddpm.load_sampler()
-    score(f"default: fastddpm sample ({default.plan.method} fitted to the model)", len(default.plan.timesteps), default)
+    if args.solver:
+        from fastddpm.fit.solver import FittedSolver
+
+        with open(args.solver, encoding="utf-8") as f:
+            default = Sampler(model, diffusion, **FittedSolver.from_json(f.read()).sampler_kwargs(model, diffusion))
+    elif not args.checkpoint:
+        default = fastddpm.load_sampler()
+    if args.solver or not args.checkpoint:
+        score(f"default: fastddpm sample ({default.plan.method} fitted to the model)", len(default.plan.timesteps),
+              default)
     if not args.no_ancestral:
         score("ancestral (ddpm, all steps)", diffusion.num_timesteps, Sampler(model, diffusion))
     def named(steps):
