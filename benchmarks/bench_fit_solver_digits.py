@@ -83,13 +83,14 @@ def main(argv=None) -> int:
     elif not args.checkpoint:
         default = fastddpm.load_sampler()
     if args.solver or not args.checkpoint:
-        score(f"default: fastddpm sample ({default.plan.method} fitted to the model)", len(default.plan.timesteps),
-              default)
+        how = f"{default.plan.method} ({default.plan.spacing})" if default.plan.spacing else \
+            f"{default.plan.method} fitted to the model"
+        score(f"default: fastddpm sample ({how})", len(default.plan.timesteps), default)
     if not args.no_ancestral:
         score("ancestral (ddpm, all steps)", diffusion.num_timesteps, Sampler(model, diffusion))
     def named(steps):
         for method in ("dpmsolver++", "unipc"):
-            for spacing in ("trailing", "logsnr"):
+            for spacing in ("trailing", "logsnr", "leading", "linspace"):
                 score(f"{method} ({spacing})", steps, Sampler(model, diffusion, method=method, steps=steps,
                                                                spacing=spacing))
 

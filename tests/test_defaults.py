@@ -1,5 +1,6 @@
-"""What fastddpm samples with when nobody says (``fastddpm.defaults``): the shipped fitted solver for the
-bundled model, DPM-Solver++ for any other, the same in the CLI and in ``load_sampler``."""
+"""What fastddpm samples with when nobody says (``fastddpm.defaults``): ``BUNDLED_DEFAULT`` for the bundled
+model, DPM-Solver++ for any other, the same in the CLI and in ``load_sampler``; the fitted solver shipped
+beside the bundled model fits it."""
 
 import fnmatch
 import tomllib
@@ -13,8 +14,9 @@ import torch
 import fastddpm
 from fastddpm import GaussianDiffusion, Sampler
 from fastddpm import defaults
-from fastddpm.defaults import (DEFAULT_METHOD, DEFAULT_STEPS, bundled_solver, bundled_solver_path,
+from fastddpm.defaults import (BUNDLED_DEFAULT, DEFAULT_METHOD, DEFAULT_STEPS, bundled_solver, bundled_solver_path,
                                default_sampler_kwargs, solver_settings)
+from fastddpm.solvers.timesteps import timestep_sequence
 from fastddpm.fit.solver import model_sha256
 from fastddpm.io.files import to_uint8_images
 
@@ -30,9 +32,18 @@ def test_the_shipped_solver_was_fitted_to_the_shipped_model():
     fit.check(model, diffusion)
     assert fit.model_sha256 == model_sha256(model) and len(fit.timesteps) == 5
     assert fit.heldout_error <= fit.heldout_start_error  # a fit never returns a plan worse than its start
+
+
+def test_the_bundled_model_gets_its_named_default():
+    model, diffusion = fastddpm.load()
     kwargs = default_sampler_kwargs(model, diffusion)
-    assert set(kwargs) == {"plan"} and kwargs["plan"].timesteps == fit.timesteps
-    np.testing.assert_array_equal(kwargs["plan"].coefs, fit.plan().coefs)
+    assert kwargs == BUNDLED_DEFAULT and kwargs is not BUNDLED_DEFAULT  # a copy: a caller may change it
+    # Asked for by name, the same five settings (a sharded run's resume compares them).
+    assert solver_settings(model, diffusion, **{k: v for k, v in BUNDLED_DEFAULT.items() if v is not None}) == kwargs
+    # The same weights with one value changed are another model.
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1.0
+    assert default_sampler_kwargs(model, diffusion)["method"] == DEFAULT_METHOD
 
 
 def test_the_shipped_solver_is_package_data():
@@ -60,9 +71,10 @@ def test_load_sampler_is_what_the_cli_samples(tmp_path):
     out = tmp_path / "s.npz"
     result = run_cli("sample", "--num", "3", "--batch-size", "2", "--out", str(out), "--no-progress")
     assert result.returncode == 0, result.stderr
-    assert "dpmsolver++ fitted to the model, 5 steps" in result.stdout or "unipc fitted to the model, 5 steps" in result.stdout
+    assert f"{BUNDLED_DEFAULT['method']}, {BUNDLED_DEFAULT['steps']} steps" in result.stdout
     sampler = fastddpm.load_sampler()
-    assert sampler.plan.timesteps == bundled_solver().timesteps
+    assert sampler.plan.method == BUNDLED_DEFAULT["method"]
+    assert list(sampler.plan.timesteps) == timestep_sequence(1000, BUNDLED_DEFAULT["steps"], BUNDLED_DEFAULT["spacing"])
     torch.manual_seed(0)  # the CLI's --seed 0 and its batches of 2 from one stream
     images = torch.cat([sampler.sample(2, 16, 1, progress=False), sampler.sample(1, 16, 1, progress=False)])
     with np.load(out) as archive:
@@ -92,13 +104,14 @@ def test_missing_settings_are_completed_as_the_cli_completes_them(small_unet):
     assert sampler.plan.method == DEFAULT_METHOD and sampler.plan.timesteps == (999, 500, 100)
 
 
-def test_an_unreadable_bundled_solver_falls_back_with_a_warning(monkeypatch, tmp_path, small_unet):
-    model, diffusion = fastddpm.load()
-    (tmp_path / "broken.json").write_text("{not json")
-    monkeypatch.setattr(defaults, "bundled_solver_path", lambda: tmp_path / "broken.json")
-    defaults.bundled_solver.cache_clear()
+def test_an_unreadable_bundled_model_falls_back_with_a_warning(monkeypatch, tmp_path, small_unet):
+    from fastddpm.io import checkpoint
+
+    (tmp_path / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    monkeypatch.setattr(checkpoint, "bundled_model_path", lambda: tmp_path / "broken.safetensors")
+    defaults._bundled_identity.cache_clear()
     try:
-        with pytest.warns(RuntimeWarning, match="cannot be read"):
-            assert default_sampler_kwargs(model, diffusion)["method"] == DEFAULT_METHOD
+        with pytest.warns(RuntimeWarning, match="bundled model cannot be read"):
+            assert default_sampler_kwargs(small_unet, GaussianDiffusion(50))["method"] == DEFAULT_METHOD
     finally:
-        defaults.bundled_solver.cache_clear()
+        defaults._bundled_identity.cache_clear()

@@ -38,8 +38,8 @@ def register(sub) -> None:
         "sample",
         help="sample images from a checkpoint (default: the bundled digits model)",
         description="Sample images from a model and write a PNG grid (.png) or uint8 images (.npz).\n\n"
-        "Default: the bundled digits model with the solver fitted to it (5 evaluations per image); other\n"
-        "models: DPM-Solver++ over 20 steps. --method ddpm is the reference's ancestral sampler over every\n"
+        "Default: the bundled digits model with UniPC over 5 steps (linspace; 5 evaluations per image);\n"
+        "other models: DPM-Solver++ over 20 steps. --method ddpm is the reference's ancestral sampler over every\n"
         "timestep. An .npz holds array 'arr_0' shaped (N, H, W, C), the layout FID tools read.",
         epilog="example: fastddpm sample --out samples.png\n"
         "example: fastddpm sample --method ddpm --out ancestral.png   (the reference's sampler, all steps)\n"

@@ -40,7 +40,7 @@ def order_help(methods: Iterable[str] = METHODS) -> str:
 
 def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=METHODS,
-                        help=f"default: the bundled model's fitted 5-step solver, {DEFAULT_METHOD} for other models; "
+                        help=f"default: unipc over 5 linspace steps for the bundled model, {DEFAULT_METHOD} for other models; "
                         "ddpm: the reference's ancestral sampler (all timesteps unless --steps); ddim (--eta 0: "
                         "deterministic), dpmsolver++ and unipc: few steps")
     parser.add_argument("--steps", type=positive_int,
@@ -105,7 +105,7 @@ def read_solver(args: argparse.Namespace) -> FittedSolver | None:
 def sampler_settings(args: argparse.Namespace, model: Any = None, diffusion=None) -> dict[str, Any]:
     """The solver keywords of ``Sampler`` / ``OrtSampler`` / ``export_onnx_sampler``: the fitted solver's plan
     with --solver; the fit's method, timesteps and order with --timesteps; with no solver flag at all,
-    ``fastddpm.defaults`` (the bundled model's fitted solver when ``model`` is it); else the flags, completed
+    ``fastddpm.defaults`` (the bundled model's named default when ``model`` is it); else the flags, completed
     as ``defaults.solver_settings`` does (order None: the solver's)."""
     solver = read_solver(args)
     if solver is not None:
