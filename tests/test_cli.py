@@ -128,6 +128,8 @@ def small_run(tmp_path_factory):
         (["train", "--data", "{root}/d.npy", "--init", "{root}/run/model.safetensors", "--dim", "12"],
          "model.safetensors, which has dim=8"),
         (["train", "--data", "{root}/d.npy", "--init", "missing.safetensors"], "missing.safetensors: no such checkpoint"),
+        (["train", "--resume", "{root}/run/checkpoint.safetensors", "--init", "{root}/run/model.safetensors"],
+         "--init starts a new run"),
         (["train", "--data", "{root}/d.npy", "--lr-schedule", "linear"], "invalid choice: 'linear'"),
         (["train", "--data", "{root}/d.npy", "--image-size", "8", "--lr", "-1"], "lr must be a positive number"),
         (["train", "--data", "{root}/d.npy", "--image-size", "8", "--dim", "7"], "dim must be even and >= 4"),

@@ -74,3 +74,27 @@ def test_the_unet_export_loses_its_projection_splits(small_eps_export):
     rng = np.random.default_rng(0)
     feeds = {"x": rng.standard_normal((3, 1, 8, 8)).astype(np.float32), "t": np.array([0, 7, 19], np.int64)}
     assert_close(torch.from_numpy(_run(rewritten, feeds)[0]), torch.from_numpy(_run(model, feeds)[0]))
+
+
+def test_names_inputs_and_subgraphs_that_the_pass_must_respect():
+    # Two convolutions with the same node name: the new weights still get distinct names.
+    model = _hand_built()
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            node.name = "conv"
+    rewritten = split_projection_convs(model)
+    onnx.checker.check_model(rewritten, full_check=True)
+    names = [init.name for init in rewritten.graph.initializer]
+    assert len(names) == len(set(names))
+    # A weight that is also a graph input (a caller may feed another one): that conv is left alone.
+    model = _hand_built()
+    model.graph.input.append(helper.make_tensor_value_info("wa", TensorProto.FLOAT, [6, 4, 1, 1]))
+    assert _ops(split_projection_convs(model)).count("Split") == 3
+    # A graph with a subgraph, which may read the fused output by name: returned unchanged.
+    model = _hand_built()
+    branch = helper.make_graph([helper.make_node("Identity", ["ya"], ["z"])], "branch", [],
+                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 6, 5, 5])])
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "flag"))
+    model.graph.node.append(helper.make_node("If", ["flag"], ["branch_out"], then_branch=branch, else_branch=branch))
+    model.graph.output.append(helper.make_tensor_value_info("branch_out", TensorProto.FLOAT, [2, 6, 5, 5]))
+    assert split_projection_convs(model).SerializeToString() == model.SerializeToString()

@@ -122,14 +122,18 @@ def test_cosine_schedule_is_taken_and_resumes_exactly(tmp_path):
         dataclasses.replace(config, lr_schedule="linear")
     with pytest.raises(ValueError, match="warmup_steps must be a non-negative integer"):
         dataclasses.replace(config, warmup_steps=-1)
+    with pytest.raises(ValueError, match="cosine schedule needs steps after the warm-up"):
+        dataclasses.replace(config, warmup_steps=10)
 
 
 def test_start_from_a_model_file(tmp_path):
     first = Trainer(tiny_config(steps=3), tmp_path / "a", data=tiny_data())
     first.run(progress=False)
-    config = tiny_config(steps=2, init=str(tmp_path / "a" / "model.safetensors"), seed=1)
+    config = tiny_config(steps=2, seed=1)
     tuned = Trainer(config, tmp_path / "b", data=tiny_data())
-    tuned.start_from(config.init)
+    tuned.start_from(tmp_path / "a" / "model.safetensors")
+    assert tuned.config.init == str(tmp_path / "a" / "model.safetensors")  # recorded in its checkpoints
+    config = tuned.config
     for key, value in first.ema.state_dict().items():  # both copies start from the file's (EMA) weights
         assert torch.equal(tuned.model.state_dict()[key], value) and torch.equal(tuned.ema.state_dict()[key], value)
     tuned.run(progress=False)

@@ -48,8 +48,8 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
                         "timesteps for ddpm); fewer respace the chain")
     parser.add_argument("--eta", type=float, help="DDIM's η (default 0: deterministic); ddim only")
     parser.add_argument("--spacing", choices=SPACINGS,
-                        help=f"where the --steps timesteps fall (default {DEFAULT_SPACING}: even in log-SNR, best for "
-                        "few steps)")
+                        help=f"where the --steps timesteps fall (default {DEFAULT_SPACING}: even in log-SNR; the "
+                        "bundled model's default is linspace, which ends at t=0)")
     parser.add_argument("--order", type=int, choices=ORDERS, help=order_help())
     parser.add_argument("--timesteps", metavar="FIT.json",
                         help="timesteps fitted to the model by 'fastddpm fit-timesteps' (sets the method, order "

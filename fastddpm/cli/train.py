@@ -54,7 +54,7 @@ def register(sub) -> None:
     o.add_argument("--loss", choices=tuple(LOSS_TYPES), help="loss (default huber, the reference's)")
     o.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
     o.add_argument("--lr-schedule", choices=LR_SCHEDULES,
-                   help="constant (the reference's, default) or cosine: decays to 0 at the last step")
+                   help="constant (the reference's, default) or cosine: decays toward 0 at the last step")
     o.add_argument("--warmup-steps", type=non_negative_int, help="linear learning-rate warm-up steps (default 0)")
     o.add_argument("--batch-size", type=positive_int, help="batch size (default 64)")
     length = o.add_mutually_exclusive_group()
@@ -87,6 +87,8 @@ def _epochs_to_steps(epochs: int, num_images: int, batch_size: int) -> int:
 
 
 def _resumed_trainer(args: argparse.Namespace, on: torch.device) -> Trainer:
+    if args.init:
+        raise CLIError("--init starts a new run; a resumed run continues from its checkpoint's weights")
     config = read_train_config(args.resume)
     recorded = {"image_size": config.image_size, "channels": config.channels, "dim": config.model.dim,
                 "dim_mults": config.model.dim_mults, "block": "convnext" if config.model.use_convnext else "resnet",
@@ -115,9 +117,10 @@ def _resumed_trainer(args: argparse.Namespace, on: torch.device) -> Trainer:
 def _new_trainer(args: argparse.Namespace, on: torch.device) -> Trainer:
     if not args.data:
         raise CLIError("--data is required (a folder, .npz/.npy, IDX file or 'digits') unless --resume is given")
-    defaults = dict(_TRAIN_DEFAULTS)
+    defaults, init = dict(_TRAIN_DEFAULTS), None
     if args.init:  # the run's model is the file's: its configs become the defaults, and a flag must agree
-        defaults.update(_init_settings(args))
+        init = load_checkpoint(args.init)
+        defaults.update(_init_settings(args, init))
     opts = {k: (getattr(args, k) if getattr(args, k, None) is not None else v) for k, v in defaults.items()}
     try:  # the size the data is resized to, checked before the data is read
         check_image_size(opts["image_size"], opts["dim_mults"])
@@ -128,12 +131,16 @@ def _new_trainer(args: argparse.Namespace, on: torch.device) -> Trainer:
     if args.epochs is not None:
         steps = _epochs_to_steps(args.epochs, data.shape[0], opts["batch_size"])
     try:
-        model = UnetConfig(dim=opts["dim"], channels=opts["channels"], dim_mults=opts["dim_mults"],
-                           use_convnext=opts["block"] == "convnext", resnet_block_groups=opts["resnet_groups"])
+        if init is not None:  # every field of the file's configs, not only those the flags name
+            model, diffusion = init.model.config, init.diffusion.config
+        else:
+            model = UnetConfig(dim=opts["dim"], channels=opts["channels"], dim_mults=opts["dim_mults"],
+                               use_convnext=opts["block"] == "convnext", resnet_block_groups=opts["resnet_groups"])
+            diffusion = DiffusionConfig(opts["timesteps"], opts["schedule"])
         _check_config(model)
         config = TrainConfig(
             data=str(args.data), image_size=opts["image_size"], channels=opts["channels"], model=model,
-            diffusion=DiffusionConfig(opts["timesteps"], opts["schedule"]), loss=opts["loss"], lr=opts["lr"],
+            diffusion=diffusion, loss=opts["loss"], lr=opts["lr"],
             lr_schedule=opts["lr_schedule"], warmup_steps=opts["warmup_steps"], batch_size=opts["batch_size"], steps=steps, ema_decay=opts["ema_decay"], seed=opts["seed"],
             sample_every=opts["sample_every"], save_every=opts["save_every"], init=args.init,
         )
@@ -145,13 +152,14 @@ def _new_trainer(args: argparse.Namespace, on: torch.device) -> Trainer:
         raise CLIError(one_line(exc)) from None
 
 
-def _init_settings(args: argparse.Namespace) -> dict:
+def _init_settings(args: argparse.Namespace, loaded) -> dict:
     """The model, diffusion and image settings of the ``--init`` file; a flag given with another value is refused."""
-    loaded = load_checkpoint(args.init)
     model, diffusion = loaded.model.config, loaded.diffusion
     recorded = {"channels": model.channels, "dim": model.dim, "dim_mults": tuple(model.dim_mults),
                 "block": "convnext" if model.use_convnext else "resnet", "resnet_groups": model.resnet_block_groups,
-                "timesteps": diffusion.num_timesteps, "schedule": diffusion.config.beta_schedule}
+                "timesteps": diffusion.num_timesteps,
+                "schedule": diffusion.config.beta_schedule if isinstance(diffusion.config.beta_schedule, str)
+                else "custom betas"}
     if loaded.image_size is not None:
         recorded["image_size"] = loaded.image_size
     for name, value in recorded.items():

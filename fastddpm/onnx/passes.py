@@ -17,13 +17,21 @@ __all__ = ["split_projection_convs"]
 
 def split_projection_convs(model):
     """A copy of ``model`` (an ``onnx.ModelProto``) where every ``Split`` along channels of a plain ``Conv``
-    output (constant weights and bias, ``group`` 1, the conv's only consumer) becomes one ``Conv`` per part,
-    each with its slice of the filters. Anything else is left as it is."""
+    output (constant weights and bias that are not graph inputs, ``group`` 1, the Split its only consumer)
+    becomes one ``Conv`` per part, each with its slice of the filters. Anything else is left as it is, and a
+    graph with subgraphs (Loop, If) is returned unchanged."""
     import onnx  # the "onnx" extra
     from onnx import helper, numpy_helper
 
     model = onnx.ModelProto.FromString(model.SerializeToString())  # the caller's proto is not changed
     graph = model.graph
+    # A subgraph (Loop, If) may read a value without naming it in a top-level node's inputs: such a graph
+    # is left whole (the ε-model exports this is for have none).
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return model
+    graph_inputs = {value.name for value in graph.input}  # an initializer listed as an input can be overridden
+    taken = set(graph_inputs) | {init.name for init in graph.initializer} | \
+        {name for node in graph.node for name in list(node.output) + [node.name]}
     initializers = {init.name: init for init in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
     consumers: dict[str, int] = {}
@@ -41,7 +49,8 @@ def split_projection_convs(model):
             continue
         conv = producer.get(split.input[0])
         if conv is None or conv.op_type != "Conv" or consumers.get(split.input[0]) != 1 or \
-                split.input[0] in graph_outputs or conv.input[1] not in initializers:
+                split.input[0] in graph_outputs or conv.input[1] not in initializers or \
+                any(name in graph_inputs for name in conv.input[1:]):
             continue
         attributes = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
         split_attributes = {a.name: helper.get_attribute_value(a) for a in split.attribute}
@@ -55,14 +64,14 @@ def split_projection_convs(model):
         sizes = _split_sizes(split, split_attributes, initializers, weight.shape[0], numpy_helper)
         if sizes is None:
             continue
-        parts, start, base = [], 0, conv.name or conv.output[0]
+        parts, start, base = [], 0, conv.output[0]  # output names are unique; node names need not be
         for index, (size, out) in enumerate(zip(sizes, split.output)):
-            inputs = [conv.input[0], f"{base}.part{index}.weight"]
+            inputs = [conv.input[0], _fresh(f"{base}.part{index}.weight", taken)]
             graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight[start : start + size]), inputs[1]))
             if bias is not None:
-                inputs.append(f"{base}.part{index}.bias")
+                inputs.append(_fresh(f"{base}.part{index}.bias", taken))
                 graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(bias[start : start + size]), inputs[2]))
-            parts.append(helper.make_node("Conv", inputs, [out], name=f"{base}.part{index}", **attributes))
+            parts.append(helper.make_node("Conv", inputs, [out], name=_fresh(f"{base}.part{index}", taken), **attributes))
             start += size
         replaced[split.output[0]] = parts
         removed.add(conv.output[0])
@@ -77,11 +86,9 @@ def split_projection_convs(model):
         nodes.extend(replaced.get(node.output[0], [node]) if node.op_type == "Split" else [node])
     del graph.node[:]
     graph.node.extend(nodes)
-    # A subgraph (Loop, If) may read an outer initializer without naming it in a top-level node's inputs.
-    if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
-        kept = [init for init in graph.initializer if init.name not in unused or init.name in graph_outputs]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+    kept = [init for init in graph.initializer if init.name not in unused or init.name in graph_outputs]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
     kept_info = [info for info in graph.value_info if info.name not in removed]  # the fused outputs are gone
     del graph.value_info[:]
     graph.value_info.extend(kept_info)
@@ -105,3 +112,12 @@ def _split_sizes(split, attributes, initializers, channels: int, numpy_helper) -
         return None
     return sizes
 
+
+def _fresh(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_1``, ``name_2``… if the graph already uses it; recorded as taken."""
+    candidate, suffix = name, 0
+    while candidate in taken:
+        suffix += 1
+        candidate = f"{name}_{suffix}"
+    taken.add(candidate)
+    return candidate

@@ -79,9 +79,11 @@ class TrainConfig(FrozenConfig):
     diffusion: DiffusionConfig = DiffusionConfig()
     loss: str = "huber"  # the reference's training loss
     lr: float = 1e-3  # the reference's Adam learning rate
-    lr_schedule: str = "constant"  # the reference's; "cosine" decays lr to 0 at `steps`
+    lr_schedule: str = "constant"  # the reference's; "cosine" decays lr toward 0 at `steps`
     warmup_steps: int = 0  # lr grows linearly from lr/warmup_steps to lr over the first warmup_steps
-    init: str | None = None  # the model file the weights started from (provenance; None: random init)
+    # The model file the weights started from: train() and the CLI apply it; a Trainer records what
+    # start_from() read (None: random initialisation).
+    init: str | None = None
     batch_size: int = 64
     steps: int = 1000
     ema_decay: float = 0.999
@@ -113,6 +115,9 @@ class TrainConfig(FrozenConfig):
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; expected one of {list(LR_SCHEDULES)}")
         if type(self.warmup_steps) is not int or self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
+        if self.lr_schedule == "cosine" and self.warmup_steps >= self.steps:
+            raise ValueError(f"a cosine schedule needs steps after the warm-up: warmup_steps={self.warmup_steps} "
+                             f"but steps={self.steps}")
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimisation step ``step`` (1-based: the step being taken).
@@ -161,8 +166,9 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def start_from(self, path: str | os.PathLike) -> None:
-        """Start the weights (and their EMA) from a model file's ``model.*`` tensors: fine-tuning. Call before
-        the first step; the file must hold exactly this run's model (names and shapes are checked)."""
+        """Start the weights (and their EMA) from a model file's ``model.*`` tensors — the EMA weights of a
+        ``model.safetensors``, the raw ones of a ``checkpoint.safetensors``: fine-tuning. Call before the first
+        step; the file must hold exactly this run's model (names and shapes are checked)."""
         path = Path(path)
         if self.step:
             raise ValueError(f"start_from({path}) after {self.step} steps: call it before training")
@@ -173,6 +179,7 @@ class Trainer:
             for name, value in self.model.state_dict().items():
                 value.copy_(weights[name])
         self.ema.load_state_dict(self.model.state_dict())
+        self.config = dataclasses.replace(self.config, init=str(path))  # recorded in every checkpoint
 
     # -- one optimisation step ---------------------------------------------------------------------
     def _next_batch(self) -> torch.Tensor:
