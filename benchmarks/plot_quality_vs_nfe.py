@@ -116,7 +116,9 @@ def main(argv=None) -> int:
     bottom.legend(fontsize=8, loc="upper right")
     for axis in (top, bottom):
         axis.grid(alpha=0.3)
-    runs = ", ".join(sorted({f"{r['device']}, torch {r['torch']}, git {r['git_sha']}" for r in rows}))
+    # Machines and versions once each, then the commits the rows were measured at (one line, not one per run).
+    machines = "; ".join(sorted({f"{r['device']}, torch {r['torch']}" for r in rows}))
+    runs = f"{machines}; git {', '.join(sorted({r['git_sha'] for r in rows}))}"
     fig.suptitle(f"Bundled digits model (16×16): quality against NFE, {args.num} samples per point\n{runs}",
                  fontsize=9)
     fig.tight_layout()
