@@ -114,13 +114,13 @@ def main(argv=None) -> int:
     candidates, default = [], None
     if args.checkpoint is None:
         default = fastddpm.load_sampler()
-        candidates.append((len(default.plan.timesteps), f"default ({default.plan.method}, {default.plan.spacing})",
-                           default))
+        candidates.append((len(default.plan.timesteps), f"default ({default.plan.method}, {default.plan.spacing}, "
+                           f"{len(default.plan.timesteps)} steps)", default))
     for steps in NAMED_STEPS:
         for method in ("dpmsolver++", "unipc"):
             for spacing in ("linspace", "leading", "trailing", "logsnr"):
-                candidates.append((steps, f"{method} ({spacing})", Sampler(model, diffusion, method=method,
-                                                                           steps=steps, spacing=spacing)))
+                candidates.append((steps, f"{method} ({spacing}, {steps} steps)",  # labels are unique keys
+                                   Sampler(model, diffusion, method=method, steps=steps, spacing=spacing)))
     candidates.sort(key=lambda c: c[0])
     print("| setting | evaluations | confident | Fréchet ± bootstrap SE | reaches |")
     print("|---|---|---|---|---|")
