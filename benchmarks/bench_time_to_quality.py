@@ -114,7 +114,8 @@ def main(argv=None) -> int:
     candidates, default = [], None
     if args.checkpoint is None:
         default = fastddpm.load_sampler()
-        candidates.append((len(default.plan.timesteps), f"default ({default.plan.method}, {default.plan.spacing}, "
+        how = default.plan.spacing or "fitted timesteps"
+        candidates.append((len(default.plan.timesteps), f"default ({default.plan.method}, {how}, "
                            f"{len(default.plan.timesteps)} steps)", default))
     for steps in NAMED_STEPS:
         for method in ("dpmsolver++", "unipc"):

@@ -73,8 +73,9 @@ def main(argv=None) -> int:
     for row in rows:
         if row["sampler"] == ANCESTRAL:
             ancestral = row
-        elif row["sampler"].startswith(DEFAULT_PREFIX):
-            default = row
+        elif row["sampler"].startswith(DEFAULT_PREFIX):  # the newest default (the default has changed)
+            if default is None or row["date"] > default["date"]:
+                default = row
         else:
             curves[curve_name(row["sampler"])].append(row)
 

@@ -131,6 +131,8 @@ def small_run(tmp_path_factory):
         (["train", "--resume", "{root}/run/checkpoint.safetensors", "--init", "{root}/run/model.safetensors"],
          "--init starts a new run"),
         (["train", "--data", "{root}/d.npy", "--lr-schedule", "linear"], "invalid choice: 'linear'"),
+        (["train", "--data", "{root}/d.npy", "--image-size", "8", "--lr-schedule", "cosine", "--warmup-steps", "5",
+          "--steps", "2"], "cosine schedule needs steps after the warm-up"),
         (["train", "--data", "{root}/d.npy", "--image-size", "8", "--lr", "-1"], "lr must be a positive number"),
         (["train", "--data", "{root}/d.npy", "--image-size", "8", "--dim", "7"], "dim must be even and >= 4"),
         (["sample", "--seed", str(2**64)], "expected a seed in [0, 2**63 - 1]"),

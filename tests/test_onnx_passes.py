@@ -77,15 +77,18 @@ def test_the_unet_export_loses_its_projection_splits(small_eps_export):
 
 
 def test_names_inputs_and_subgraphs_that_the_pass_must_respect():
-    # Two convolutions with the same node name: the new weights still get distinct names.
+    # A name the new weights would take is already used: they take another, and the graph stays valid.
     model = _hand_built()
-    for node in model.graph.node:
-        if node.op_type == "Conv":
-            node.name = "conv"
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(1, np.float32), "ya.part0.weight"))
+    model.graph.node.append(helper.make_node("Identity", ["ya.part0.weight"], ["kept"]))
+    model.graph.output.append(helper.make_tensor_value_info("kept", TensorProto.FLOAT, [1]))
     rewritten = split_projection_convs(model)
     onnx.checker.check_model(rewritten, full_check=True)
     names = [init.name for init in rewritten.graph.initializer]
-    assert len(names) == len(set(names))
+    assert len(names) == len(set(names)) and "ya.part0.weight_1" in names
+    feeds = {"x": np.random.default_rng(1).standard_normal((2, 4, 5, 5)).astype(np.float32)}
+    for got, expected in zip(_run(rewritten, feeds), _run(model, feeds)):
+        assert_close(torch.from_numpy(got), torch.from_numpy(expected))
     # A weight that is also a graph input (a caller may feed another one): that conv is left alone.
     model = _hand_built()
     model.graph.input.append(helper.make_tensor_value_info("wa", TensorProto.FLOAT, [6, 4, 1, 1]))

@@ -93,7 +93,7 @@ def _resumed_trainer(args: argparse.Namespace, on: torch.device) -> Trainer:
     recorded = {"image_size": config.image_size, "channels": config.channels, "dim": config.model.dim,
                 "dim_mults": config.model.dim_mults, "block": "convnext" if config.model.use_convnext else "resnet",
                 "resnet_groups": config.model.resnet_block_groups, "timesteps": config.diffusion.timesteps,
-                "schedule": config.diffusion.beta_schedule, "loss": config.loss, "lr": config.lr,
+                "schedule": _schedule_name(config.diffusion.beta_schedule), "loss": config.loss, "lr": config.lr,
                 "lr_schedule": config.lr_schedule, "warmup_steps": config.warmup_steps, "batch_size": config.batch_size, "ema_decay": config.ema_decay, "seed": config.seed}
     for name, value in recorded.items():
         given = getattr(args, name)
@@ -141,9 +141,11 @@ def _new_trainer(args: argparse.Namespace, on: torch.device) -> Trainer:
         config = TrainConfig(
             data=str(args.data), image_size=opts["image_size"], channels=opts["channels"], model=model,
             diffusion=diffusion, loss=opts["loss"], lr=opts["lr"],
-            lr_schedule=opts["lr_schedule"], warmup_steps=opts["warmup_steps"], batch_size=opts["batch_size"], steps=steps, ema_decay=opts["ema_decay"], seed=opts["seed"],
+            lr_schedule=opts["lr_schedule"], warmup_steps=opts["warmup_steps"], batch_size=opts["batch_size"],
+            steps=steps, ema_decay=opts["ema_decay"], seed=opts["seed"],
             sample_every=opts["sample_every"], save_every=opts["save_every"], init=args.init,
         )
+        config.check_new_run()
         trainer = Trainer(config, args.out_dir or "runs/train", data=data, device=on)
         if args.init:
             trainer.start_from(args.init)
@@ -152,14 +154,21 @@ def _new_trainer(args: argparse.Namespace, on: torch.device) -> Trainer:
         raise CLIError(one_line(exc)) from None
 
 
+def _schedule_name(schedule) -> str:
+    """A beta schedule as an error message names it (a config may hold the betas themselves)."""
+    return schedule if isinstance(schedule, str) else "custom betas"
+
+
 def _init_settings(args: argparse.Namespace, loaded) -> dict:
     """The model, diffusion and image settings of the ``--init`` file; a flag given with another value is refused."""
     model, diffusion = loaded.model.config, loaded.diffusion
+    if model.out_dim not in (None, model.channels):  # e.g. a learned-variance model: not an ε-loss model
+        raise CLIError(f"--init {args.init}: the model predicts {model.out_dim} channels for {model.channels}-channel "
+                       "images; training fits an ε-prediction of the image's channels")
     recorded = {"channels": model.channels, "dim": model.dim, "dim_mults": tuple(model.dim_mults),
                 "block": "convnext" if model.use_convnext else "resnet", "resnet_groups": model.resnet_block_groups,
                 "timesteps": diffusion.num_timesteps,
-                "schedule": diffusion.config.beta_schedule if isinstance(diffusion.config.beta_schedule, str)
-                else "custom betas"}
+                "schedule": _schedule_name(diffusion.config.beta_schedule)}
     if loaded.image_size is not None:
         recorded["image_size"] = loaded.image_size
     for name, value in recorded.items():

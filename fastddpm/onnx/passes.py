@@ -61,6 +61,8 @@ def split_projection_convs(model):
         if weight.ndim != 4 or (has_bias and conv.input[2] not in initializers):
             continue
         bias = numpy_helper.to_array(initializers[conv.input[2]]) if has_bias else None
+        if len(split.input) > 1 and split.input[1] in graph_inputs:  # sizes a caller may feed
+            continue
         sizes = _split_sizes(split, split_attributes, initializers, weight.shape[0], numpy_helper)
         if sizes is None:
             continue

@@ -115,6 +115,11 @@ class TrainConfig(FrozenConfig):
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; expected one of {list(LR_SCHEDULES)}")
         if type(self.warmup_steps) is not int or self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
+
+    def check_new_run(self) -> None:
+        """What a run started from step 0 needs beyond the fields' own checks: a cosine schedule must have
+        steps after its warm-up (else it would never decay). Not checked on resume, where ``steps`` may be
+        raised later and the rates up to ``steps`` do not depend on it."""
         if self.lr_schedule == "cosine" and self.warmup_steps >= self.steps:
             raise ValueError(f"a cosine schedule needs steps after the warm-up: warmup_steps={self.warmup_steps} "
                              f"but steps={self.steps}")
@@ -485,6 +490,7 @@ def _training_config(path: Path, meta: dict[str, Any]) -> TrainConfig:
 
 def train(config: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = True) -> Trainer:
     """Train from scratch per ``config``, writing checkpoints, the EMA model and grids into ``out_dir``."""
+    config.check_new_run()
     trainer = Trainer(config, out_dir)
     if config.init is not None:
         trainer.start_from(config.init)
