@@ -143,7 +143,7 @@ def _new_trainer(args: argparse.Namespace, on: torch.device) -> Trainer:
             diffusion=diffusion, loss=opts["loss"], lr=opts["lr"],
             lr_schedule=opts["lr_schedule"], warmup_steps=opts["warmup_steps"], batch_size=opts["batch_size"],
             steps=steps, ema_decay=opts["ema_decay"], seed=opts["seed"],
-            sample_every=opts["sample_every"], save_every=opts["save_every"], init=args.init,
+            sample_every=opts["sample_every"], save_every=opts["save_every"],
         )
         config.check_new_run()
         trainer = Trainer(config, args.out_dir or "runs/train", data=data, device=on)

@@ -50,7 +50,7 @@ def split_projection_convs(model):
         conv = producer.get(split.input[0])
         if conv is None or conv.op_type != "Conv" or consumers.get(split.input[0]) != 1 or \
                 split.input[0] in graph_outputs or conv.input[1] not in initializers or \
-                any(name in graph_inputs for name in conv.input[1:]):
+                any(name in graph_inputs for name in [*conv.input[1:], *split.input[1:]]):  # a caller may feed them
             continue
         attributes = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
         split_attributes = {a.name: helper.get_attribute_value(a) for a in split.attribute}
@@ -61,9 +61,7 @@ def split_projection_convs(model):
         if weight.ndim != 4 or (has_bias and conv.input[2] not in initializers):
             continue
         bias = numpy_helper.to_array(initializers[conv.input[2]]) if has_bias else None
-        if len(split.input) > 1 and split.input[1] in graph_inputs:  # sizes a caller may feed
-            continue
-        sizes = _split_sizes(split, split_attributes, initializers, weight.shape[0], numpy_helper)
+        sizes = _split_sizes(split, split_attributes, initializers, weight.shape[0])
         if sizes is None:
             continue
         parts, start, base = [], 0, conv.output[0]  # output names are unique; node names need not be
@@ -97,8 +95,10 @@ def split_projection_convs(model):
     return model
 
 
-def _split_sizes(split, attributes, initializers, channels: int, numpy_helper) -> list[int] | None:
+def _split_sizes(split, attributes, initializers, channels: int) -> list[int] | None:
     """The part sizes of a channel Split of ``channels`` channels, or None when they are not constant."""
+    from onnx import numpy_helper  # the "onnx" extra
+
     if len(split.input) > 1 and split.input[1]:
         if split.input[1] not in initializers:
             return None
