@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .fit.solver import FittedSolver, model_sha256
-from .io.checkpoint import load
+from .io.checkpoint import load, read_model_identity
 from .reference.diffusion import GaussianDiffusion
 from .sampling.sampler import Sampler
 
@@ -53,9 +53,9 @@ def bundled_solver() -> FittedSolver:
 
 @functools.lru_cache(maxsize=1)
 def _bundled_identity() -> tuple[str, Any]:
-    """(sha256 of the bundled model's weights, its diffusion config); read once per process (~0.1 s)."""
-    model, diffusion = load()
-    return model_sha256(model), diffusion.config
+    """(sha256 of the bundled model's weights, its diffusion config); read once per process, without building
+    the model."""
+    return read_model_identity()
 
 
 def default_sampler_kwargs(model: Any, diffusion: GaussianDiffusion) -> dict[str, Any]:

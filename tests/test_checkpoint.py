@@ -34,6 +34,26 @@ def test_save_load_bit_exact(tmp_path, model):
     assert not m2.training and d2.num_timesteps == 37
 
 
+def test_loaded_model_is_the_saved_model_and_owns_its_weights(tmp_path, model):
+    """The loader builds the Unet on the meta device and assigns the file's tensors: nothing may stay on meta,
+    the forward pass must equal the saved model's, and the weights must be the model's own (no aliasing of
+    the caller's tensors; trainable)."""
+    save(tmp_path / "m.safetensors", model, GaussianDiffusion(10), image_size=8)
+    loaded, _ = load(tmp_path / "m.safetensors")
+    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+    x, t = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 4, 9])
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t), model.eval()(x, t))
+    assert all(p.requires_grad for p in loaded.parameters())
+    # Tensors handed to the builder are copied, not adopted: changing the model leaves the caller's tensors.
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    built = ckpt._build_and_fill(tmp_path / "m.safetensors", UnetConfig(**CFG), state)
+    with torch.no_grad():
+        for p in built.parameters():
+            p.fill_(float("nan"))
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
 def test_reference_style_state_dict_file(tmp_path, model):
     torch.save(model.state_dict(), tmp_path / "reference.pt")
     loaded, diffusion = load(tmp_path / "reference.pt", model_config=UnetConfig(**CFG))
@@ -113,6 +133,21 @@ def test_bundled_model_loads():
     model, diffusion = load()
     assert model.config.channels == 1 and meta["image_size"] == 16
     assert ckpt.bundled_model_path().stat().st_size <= 8 * 1024 * 1024
+
+
+def test_model_identity_read_without_building_matches_the_loaded_model(tmp_path, model):
+    """read_model_identity hashes the file's tensors; it must agree with model_sha256 of the loaded model, for
+    the bundled file and for a half-precision file (loaded as float32)."""
+    from fastddpm.fit.solver import model_sha256
+
+    bundled, diffusion = load()
+    assert ckpt.read_model_identity() == (model_sha256(bundled), diffusion.config)
+    half = {f"model.{k}": v.half() for k, v in model.state_dict().items()}
+    meta = {"kind": "model", "model": model.config.to_dict(), "diffusion": GaussianDiffusion(9).config.to_dict()}
+    ckpt.write_checkpoint(tmp_path / "half.safetensors", half, meta)
+    loaded, _ = load(tmp_path / "half.safetensors")
+    assert ckpt.read_model_identity(tmp_path / "half.safetensors")[0] == model_sha256(loaded)
+    assert model_sha256(loaded) != model_sha256(model)  # the rounding to half is seen
 
 
 def test_written_files_get_ordinary_permissions(tmp_path, model):

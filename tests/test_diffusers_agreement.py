@@ -1,7 +1,6 @@
 """Timesteps and updates agree with diffusers' schedulers for an equal configuration (skips without diffusers)."""
 
 import pytest
-import torch
 
 from fastddpm import GaussianDiffusion
 from fastddpm.kernels.update_rows import Row

@@ -23,7 +23,6 @@ dominate a mean of squares).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import re
 import time
@@ -34,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, FrozenConfig
+from ..io.checkpoint import weights_sha256
 from ..kernels import randn_philox
 from ..kernels.multistep_update.naive import multistep_update
 from ..kernels.update_rows import HISTORY_ROWS, MAX_HISTORIES, Row
@@ -62,14 +62,7 @@ def model_sha256(model: Any) -> str:
     if isinstance(model, EpsModel):
         model = model.model
     state = getattr(model, "state_dict", None)
-    if not callable(state):
-        return ""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(state().items()):
-        tensor = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())  # the raw bytes, any dtype
-    return digest.hexdigest()
+    return weights_sha256(state()) if callable(state) else ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ is a :class:`CheckpointError` naming the file and what did not match.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import stat
@@ -41,10 +42,14 @@ __all__ = [
     "write_checkpoint",
     "FORMAT_VERSION",
     "bundled_model_path",
+    "model_weights",
+    "weights_sha256",
+    "read_model_identity",
 ]
 
 FORMAT_VERSION = 1
 METADATA_KEY = "fastddpm"
+MODEL_PREFIX = "model."  # a checkpoint's model weights are its tensors named "model.<state_dict key>"
 MAX_TIMESTEPS = 100_000  # the most diffusion steps a file's config may ask for (its tables are allocated)
 MAX_IMAGE_SIZE = 8192  # the largest image side a file may record (a sample of it is allocated)
 
@@ -156,7 +161,33 @@ def save(
     }
     if extra:
         meta["training"] = dict(extra)
-    write_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()}, meta)
+    write_checkpoint(path, {f"{MODEL_PREFIX}{k}": v for k, v in model.state_dict().items()}, meta)
+
+
+def model_weights(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint's model weights (its "model.*" tensors) under the Unet's own names."""
+    return {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+
+
+def weights_sha256(weights: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of a state_dict: names, dtypes, shapes and raw bytes, in name order (what identifies a model's
+    weights to a fitted solver and to the bundled model's default)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(weights.items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())  # the raw bytes, any dtype
+    return digest.hexdigest()
+
+
+def read_model_identity(path: str | os.PathLike | None = None) -> tuple[str, DiffusionConfig]:
+    """(sha256 of a checkpoint's model weights, its diffusion config), read without building the model: the
+    sha256 is :func:`weights_sha256` of what :func:`load` would give the model, for a float32 file (the
+    bundled one; ~0.05 s against ~0.2 s for a load, measured on the Zen 3 machine)."""
+    path = Path(path) if path is not None else bundled_model_path()
+    tensors, meta = read_checkpoint(path)
+    weights = {k: v.float() for k, v in model_weights(tensors).items()}  # the Unet holds float32 weights
+    return weights_sha256(weights), _as_diffusion_config(path, meta.get("diffusion"))
 
 
 def load(
@@ -196,7 +227,7 @@ def load_checkpoint(
                                   f"{image_size!r}")
         model_cfg = _as_model_config(path, model_config if model_config is not None else meta.get("model"))
         diff_cfg = _as_diffusion_config(path, diffusion_config if diffusion_config is not None else meta.get("diffusion"))
-        weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        weights = model_weights(tensors)
         model = _build_and_fill(path, model_cfg, weights)
         diffusion = GaussianDiffusion.from_config(diff_cfg)
     return LoadedCheckpoint(model.to(device).eval(), diffusion.to(device), image_size, meta)
@@ -219,12 +250,14 @@ def _load_state_dict_file(path, model_config, diffusion_config) -> tuple[Unet, G
     return model, diffusion
 
 
-def check_weights_fit(path: Path, config: UnetConfig, weights: Mapping[str, torch.Tensor]) -> None:
+def check_weights_fit(path: Path, config: UnetConfig, weights: Mapping[str, torch.Tensor]) -> Unet:
     """Check that ``weights`` (names, shapes, floating dtypes) are exactly what ``Unet(config)`` holds, on the
-    meta device: nothing is allocated, so a config that asks for a huge model is refused before it is built."""
+    meta device: nothing is allocated, so a config that asks for a huge model is refused before it is built.
+    Returns that meta-device Unet (no storage), for the caller to fill."""
     try:
-        with torch.device("meta"):
-            expected = Unet.from_config(config).state_dict()
+        with torch.device("meta"), _SkipRandomInit():
+            meta_model = Unet.from_config(config)
+            expected = meta_model.state_dict()
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:  # e.g. a size beyond any storage
         raise CheckpointError(f"{path}: its model config cannot be built ({str(exc).splitlines()[0]})") from None
     missing = [k for k in expected if k not in weights]
@@ -244,13 +277,34 @@ def check_weights_fit(path: Path, config: UnetConfig, weights: Mapping[str, torc
             )
         if not weights[key].is_floating_point():
             raise CheckpointError(f"{path}: key {key!r} has dtype {weights[key].dtype}, expected a floating-point tensor")
+    return meta_model
+
+
+class _SkipRandomInit(torch.overrides.TorchFunctionMode):
+    """Skips random initialisation (``torch.nn.init``'s and ``Tensor.uniform_``/``normal_``) while a Unet is built
+    on the meta device: its weights come from a file, and on the meta device each call goes through torch's
+    decompositions (~1 ms each; 0.15 s of loading the bundled model, measured on the Zen 3 machine)."""
+
+    _RANDOM_INIT = frozenset({torch.nn.init.kaiming_uniform_, torch.nn.init.kaiming_normal_, torch.nn.init.uniform_,
+                              torch.nn.init.normal_, torch.nn.init.xavier_uniform_, torch.nn.init.xavier_normal_,
+                              torch.nn.init.trunc_normal_, torch.Tensor.uniform_, torch.Tensor.normal_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._RANDOM_INIT:
+            tensor = args[0] if args else kwargs.get("tensor")  # torch.nn.init passes it by keyword
+            if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+                return tensor  # what the in-place op returns; a meta tensor has no values to fill
+        return func(*args, **kwargs)
 
 
 def _build_and_fill(path: Path, config: UnetConfig, weights: dict[str, torch.Tensor]) -> Unet:
-    check_weights_fit(path, config, weights)  # before anything is allocated
-    model = Unet.from_config(config)
+    model = check_weights_fit(path, config, weights)  # before anything is allocated
     expected = model.state_dict()
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()}, strict=True)
+    # The meta-device Unet takes the file's tensors as its own (assign=True; copies, so that no caller's tensor
+    # is aliased) instead of a random initialisation that the weights would overwrite: the bundled model
+    # loads in ~0.03 s instead of ~0.15 s (the kaiming init of its 240 convolutions; measured on the Zen 3 machine).
+    model.load_state_dict({k: v.to(expected[k].dtype, copy=True) for k, v in weights.items()}, strict=True, assign=True)
     return model
 
 

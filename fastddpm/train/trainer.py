@@ -30,8 +30,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..config import FrozenConfig
-from ..io.checkpoint import (MAX_IMAGE_SIZE, CheckpointError, check_diffusion_limits, check_weights_fit, read_checkpoint,
-                             write_checkpoint)
+from ..io.checkpoint import (MAX_IMAGE_SIZE, CheckpointError, check_diffusion_limits, check_weights_fit, model_weights,
+                             read_checkpoint, write_checkpoint)
 from ..io.files import save_image_grid
 from ..io.shards import rank_and_world
 from ..reference.diffusion import LOSS_TYPES, DiffusionConfig, GaussianDiffusion
@@ -178,7 +178,7 @@ class Trainer:
         if self.step:
             raise ValueError(f"start_from({path}) after {self.step} steps: call it before training")
         tensors, _ = read_checkpoint(path)
-        weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        weights = model_weights(tensors)
         check_weights_fit(path, self.config.model, weights)
         with torch.no_grad():
             for name, value in self.model.state_dict().items():
@@ -385,7 +385,7 @@ class Trainer:
         training = meta["training"]
         if steps is not None:
             config = dataclasses.replace(config, steps=steps)
-        model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        model_sd = model_weights(tensors)
         ema_sd = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
         # Everything the file claims is checked before the trainer allocates the model its config describes.
         check_weights_fit(path, config.model, model_sd)
