@@ -7,7 +7,7 @@ floor of a single set scatters widely even for an exact solve; this script draws
 over the floor and of the narrow component's spread ratio, for exact draws, a 200-step solve, solvers fitted
 at ``--steps`` evaluations (``fastddpm.fit.solver``, fitted on their own x_T) and their unfitted peers.
 
-    python benchmarks/bench_harness_seed_sets.py [--steps 5 10] [--sets 6] [--num 4000]
+    python benchmarks/bench_harness_seed_sets.py [--steps 5 10] [--sets 6] [--num 4000] [--iterations 150]
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sets", type=int, default=6)
     parser.add_argument("--num", type=int, default=4000)
     parser.add_argument("--fit-batch", type=int, default=1024)
+    parser.add_argument("--iterations", type=int, default=150, help="the fit's Adam iterations (fit_solver's: 150)")
+    parser.add_argument("--order", type=int, default=2, help="the fitted solver's order")
     parser.add_argument("--out", default="benchmarks/results/harness-seed-sets.csv")
     args = parser.parse_args(argv)
 
@@ -78,10 +80,12 @@ def main(argv=None) -> int:
     for steps in args.steps:
         started = time.perf_counter()
         fit = fit_solver(mix, diffusion, steps, image_size=(2, 2), channels=1, fit_batch=args.fit_batch,
-                         teacher_steps=200, seed=10**6, progress=False)
-        print(f"(fit at {steps}: {fit.method} from {fit.start}, held-out distance to the teacher "
-              f"{fit.heldout_start_error:.4f} -> {fit.heldout_error:.4f}, {time.perf_counter() - started:.0f} s)")
-        judge(f"fitted solver ({fit.method}, from {fit.start})", steps, Sampler(mix, diffusion, plan=fit.plan()))
+                         teacher_steps=200, seed=10**6, progress=False, iterations=args.iterations, order=args.order)
+        print(f"(fit at {steps}, {args.iterations} iterations, order {args.order}: {fit.method} from {fit.start}, "
+              f"held-out distance to the teacher {fit.heldout_start_error:.4f} -> {fit.heldout_error:.4f}, "
+              f"{time.perf_counter() - started:.0f} s)")
+        judge(f"fitted solver ({fit.method}-{args.order}, from {fit.start}, {args.iterations} iterations)", steps,
+              Sampler(mix, diffusion, plan=fit.plan()))
         for method in ("unipc", "dpmsolver++"):
             judge(f"{method} logsnr-sqrt", steps, Sampler(mix, diffusion, method=method, steps=steps,
                                                           spacing="logsnr-sqrt"))
