@@ -77,7 +77,8 @@ def _register_solver(sub) -> None:
                         help=f"noise draws the fit is made on, and as many held out (default {DEFAULT_FIT_BATCH})")
     parser.add_argument("--teacher-steps", type=positive_int, default=100,
                         help="steps of the DPM-Solver++(2M) solve the fit approaches (default 100)")
-    parser.add_argument("--iterations", type=positive_int, default=150, help="gradient steps (default 150)")
+    parser.add_argument("--iterations", type=positive_int, default=150,
+                        help="gradient steps (default 150; more fit closer at a backward pass each: docs/sampling.md)")
     _add_run_arguments(parser)
     parser.set_defaults(func=solver_command)
 
