@@ -16,8 +16,10 @@ def run() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # Importing torch creates a few hundred thousand long-lived objects, and the cyclic collector walks them all
     # again and again while they are made: with it paused during the imports (and those objects then frozen
-    # out of its reach), `import fastddpm.cli` took 2.1–3.0 s instead of 3.0–3.8 s (5 runs each, alternated, on
-    # the 2-core Zen 3 machine with the CPU build of torch), and loading the bundled model 0.1 s less.
+    # out of its reach), `import fastddpm.cli` took 2.05–2.54 s instead of 2.81–4.67 s (5 runs each, alternated,
+    # on the 2-core Zen 3 machine with the CPU build of torch; benchmarks/results/startup-parts-zen3.log), and
+    # loading the bundled model 0.1 s less. The price: the import's own cyclic garbage (~7,500 objects) is
+    # frozen with the rest and never freed; collecting it first would cost ~0.3 s.
     gc.disable()
     try:
         from fastddpm.cli import run as cli_run

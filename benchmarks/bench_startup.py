@@ -36,7 +36,10 @@ def run_once(python: str, tree: str, out: Path) -> tuple[float, float | None]:
     """(wall seconds, seconds the command reports) of one ``fastddpm sample`` in a fresh process."""
     command = [python, "-c", LAUNCH, tree, "sample", "--out", str(out)]
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": tree})
+    # Run from the output's folder: `python -c` puts the working directory first on the path, which from a
+    # checkout's root would time that checkout while the row says "installed".
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": tree},
+                          cwd=out.parent)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
@@ -86,10 +89,10 @@ def main(argv=None) -> int:
         torch_version = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True,
                                        text=True).stdout.strip()
         said = reported[(python, tree)]
-        said_median = round(statistics.median(said), 2) if said else None
+        said_median = f"{statistics.median(said):.2f}" if said else None
         print(f"| {python} | {describe(tree)} | {torch_version} | {statistics.median(values):.2f} | "
               f"{min(values):.2f}–{max(values):.2f} | {said_median} |")
-        rows.append({**env, "python": python, "checkout": describe(tree), "torch_of_run": torch_version,
+        rows.append({**env, "interpreter": python, "checkout": describe(tree), "torch_of_run": torch_version,
                      "rounds": args.rounds, "median_s": round(statistics.median(values), 3),
                      "min_s": round(min(values), 3), "max_s": round(max(values), 3), "reported_s": said_median})
     append_rows(args.out, rows)

@@ -51,11 +51,11 @@ def bundled_solver() -> FittedSolver:
     return FittedSolver.from_json(bundled_solver_path().read_text(encoding="utf-8"))
 
 
-@functools.lru_cache(maxsize=1)
-def _bundled_identity() -> tuple[str, Any]:
-    """(sha256 of the bundled model's weights, its diffusion config); read once per process, without building
-    the model."""
-    return read_model_identity()
+@functools.lru_cache(maxsize=4)
+def _bundled_identity(dtype: torch.dtype) -> tuple[str, Any]:
+    """(sha256 of the bundled model's weights as a Unet of default dtype ``dtype`` holds them, its diffusion
+    config); read once per process and dtype, without building the model."""
+    return read_model_identity(dtype=dtype)
 
 
 def default_sampler_kwargs(model: Any, diffusion: GaussianDiffusion) -> dict[str, Any]:
@@ -64,7 +64,7 @@ def default_sampler_kwargs(model: Any, diffusion: GaussianDiffusion) -> dict[str
     else ``DEFAULT_METHOD`` over ``min(DEFAULT_STEPS, T)`` steps. Both are the five named keys a sharded run
     keys its shards by (a resume that names them must match)."""
     try:
-        bundled = _bundled_identity()
+        bundled = _bundled_identity(torch.get_default_dtype())
     except (OSError, ValueError) as exc:  # a broken install: sample with the named default, and say so
         warnings.warn(f"the bundled model cannot be read ({exc}); using {DEFAULT_METHOD} instead", RuntimeWarning,
                       stacklevel=2)

@@ -148,6 +148,26 @@ def test_model_identity_read_without_building_matches_the_loaded_model(tmp_path,
     loaded, _ = load(tmp_path / "half.safetensors")
     assert ckpt.read_model_identity(tmp_path / "half.safetensors")[0] == model_sha256(loaded)
     assert model_sha256(loaded) != model_sha256(model)  # the rounding to half is seen
+    # Under a float64 default dtype the Unet holds float64 weights; the identity must follow it.
+    torch.set_default_dtype(torch.float64)
+    try:
+        bundled64, _ = load()
+        assert next(bundled64.parameters()).dtype == torch.float64
+        assert ckpt.read_model_identity()[0] == model_sha256(bundled64)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_channels_last_state_dict_loads_into_contiguous_weights(tmp_path, model):
+    """A state_dict saved in channels-last memory format gives the same contiguous parameters as before the
+    loader adopted tensors (assign=True keeps strides unless it is told otherwise)."""
+    state = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v
+             for k, v in model.state_dict().items()}
+    assert any(not v.is_contiguous() for v in state.values())
+    torch.save(state, tmp_path / "cl.pt")
+    loaded, _ = load(tmp_path / "cl.pt", model_config=CFG)
+    assert all(p.is_contiguous() for p in loaded.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
 
 
 def test_written_files_get_ordinary_permissions(tmp_path, model):

@@ -115,3 +115,14 @@ def test_an_unreadable_bundled_model_falls_back_with_a_warning(monkeypatch, tmp_
             assert default_sampler_kwargs(small_unet, GaussianDiffusion(50))["method"] == DEFAULT_METHOD
     finally:
         defaults._bundled_identity.cache_clear()
+
+
+def test_the_bundled_model_is_recognised_under_a_float64_default_dtype():
+    """The bundled default must not silently switch to DPM-Solver++ when torch's default dtype is float64
+    (the Unet then holds float64 weights, whose hash differs from the float32 ones)."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        model, diffusion = fastddpm.load()
+        assert defaults.default_sampler_kwargs(model, diffusion) == BUNDLED_DEFAULT
+    finally:
+        torch.set_default_dtype(torch.float32)
