@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from common import append_rows, environment  # noqa: E402
+from common import NARROW, append_rows, environment, harness_setting  # noqa: E402
 
 # (method, steps, spacing): the bundled model's default first, the fewest-NFE setting that reaches the
 # ancestral sampler's quality, and the default for any other model (DPM-Solver++ logsnr) at 10 and 20.
@@ -59,15 +59,11 @@ class Bf16Network:
 
 
 def harness(args, rows, env, relative_error: float) -> None:
-    from fastddpm import GaussianDiffusion, Sampler
-    from fastddpm.eval.oracle import GaussianMixture, evaluate
+    from fastddpm import Sampler
+    from fastddpm.eval.oracle import evaluate
 
     n = args.harness_num
-    diffusion = GaussianDiffusion(1000)
-    means = torch.tensor([[-1.0, -1.0, 0.5, 0.0], [1.0, 0.8, -0.5, 0.2], [0.0, 1.0, 1.0, -1.0]])
-    mix = GaussianMixture(means, [0.1, 0.2, 0.05], [0.5, 0.3, 0.2], diffusion.alphas_cumprod, (1, 2, 2))
-    g = torch.Generator().manual_seed(0)
-    refs = [mix.sample(n, g)[0] for _ in range(4)]
+    diffusion, mix, refs, _ = harness_setting(n)
     networks = {"fp32": mix, "bf16 ends": Bf16Network(mix),
                 f"bf16 ends + {relative_error:.1e} relative": Bf16Network(mix, relative_error)}
     print(f"\n## Exact-ε harness: {n} samples per set, {args.repeats} sets (seeds 1+k·n) per precision")
@@ -81,7 +77,7 @@ def harness(args, rows, env, relative_error: float) -> None:
                 out = sampler.sample(n, (2, 2), 1, seed=1 + repeat * n, noise="philox", progress=False, clip=False)
                 report = evaluate(mix, out, refs)
                 distances.append(report.w_over_floor)
-                spreads.append(report.spread_ratio[2])  # the narrow component (std 0.05)
+                spreads.append(report.spread_ratio[NARROW])
             print(f"| {method} {spacing} {steps} | {name} | {statistics.median(distances):.3f} "
                   f"({min(distances):.3f}–{max(distances):.3f}) | {statistics.median(spreads):.3f} "
                   f"({min(spreads):.3f}–{max(spreads):.3f}) |", flush=True)

@@ -17,10 +17,9 @@ import statistics
 import sys
 import time
 
-import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from common import append_rows, environment  # noqa: E402
+from common import NARROW, append_rows, environment, harness_setting  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -35,17 +34,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="benchmarks/results/harness-seed-sets.csv")
     args = parser.parse_args(argv)
 
-    from fastddpm import GaussianDiffusion, Sampler
-    from fastddpm.eval.oracle import GaussianMixture, evaluate
+    from fastddpm import Sampler
+    from fastddpm.eval.oracle import evaluate
     from fastddpm.fit.solver import fit_solver
 
     n = args.num
-    diffusion = GaussianDiffusion(1000)
-    # The mixture of bench_solvers.py and the tests (tests/solver_harness.py): component 2 is the narrow one.
-    means = torch.tensor([[-1.0, -1.0, 0.5, 0.0], [1.0, 0.8, -0.5, 0.2], [0.0, 1.0, 1.0, -1.0]])
-    mix = GaussianMixture(means, [0.1, 0.2, 0.05], [0.5, 0.3, 0.2], diffusion.alphas_cumprod, (1, 2, 2))
-    g = torch.Generator().manual_seed(0)
-    refs = [mix.sample(n, g)[0] for _ in range(4)]
+    diffusion, mix, refs, g = harness_setting(n)
     env = environment("cpu")
     rows = []
 
@@ -66,7 +60,7 @@ def main(argv=None) -> int:
             out = sampler.sample(n, (2, 2), 1, seed=1 + k * n, noise="philox", progress=False, clip=False)
             result = evaluate(mix, out, refs)
             distances.append(result.w_over_floor)
-            spreads.append(result.spread_ratio[2])
+            spreads.append(result.spread_ratio[NARROW])
         report(name, steps, distances, spreads)
 
     print(f"{n} samples per set, {args.sets} sets (philox seeds 1 + k·{n}); the first set is bench_solvers.py's "
@@ -74,7 +68,7 @@ def main(argv=None) -> int:
     print("| sampler | evaluations | W / floor: median (min–max) | narrow spread: median (min–max) | first set W / floor |")
     print("|---|---|---|---|---|")
     exact = [evaluate(mix, mix.sample(n, g)[0], refs) for _ in range(args.sets)]  # sets of exact draws instead
-    report("exact draws", 0, [r.w_over_floor for r in exact], [r.spread_ratio[2] for r in exact])
+    report("exact draws", 0, [r.w_over_floor for r in exact], [r.spread_ratio[NARROW] for r in exact])
     judge("dpmsolver++ logsnr (a 200-step solve: the fits' teacher)", 200,
           Sampler(mix, diffusion, method="dpmsolver++", steps=200, spacing="logsnr"))
     for steps in args.steps:

@@ -15,7 +15,7 @@ import sys
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from common import append_rows, environment  # noqa: E402
+from common import append_rows, environment, harness_setting  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -29,17 +29,14 @@ def main(argv=None) -> int:
                         help="add fitted solvers (timesteps and coefficients, fastddpm.fit.solver) beside their starts")
     args = parser.parse_args(argv)
 
-    from fastddpm import GaussianDiffusion, Sampler, fit_timesteps
+    from fastddpm import Sampler, fit_timesteps
     from fastddpm.fit.solver import fit_solver
     from fastddpm.kernels import randn_philox
-    from fastddpm.eval.oracle import GaussianMixture, evaluate
+    from fastddpm.eval.oracle import evaluate
 
-    T, n = 1000, args.num
-    diffusion = GaussianDiffusion(T)
-    means = torch.tensor([[-1.0, -1.0, 0.5, 0.0], [1.0, 0.8, -0.5, 0.2], [0.0, 1.0, 1.0, -1.0]])
-    mix = GaussianMixture(means, [0.1, 0.2, 0.05], [0.5, 0.3, 0.2], diffusion.alphas_cumprod, (1, 2, 2))
-    g = torch.Generator().manual_seed(0)
-    refs = [mix.sample(n, g)[0] for _ in range(4)]
+    n = args.num
+    diffusion, mix, refs, _ = harness_setting(n)
+    T = diffusion.num_timesteps
     seeds = torch.arange(n, dtype=torch.int64) + 1
     x_T = randn_philox(seeds, T, (1, 2, 2))  # the x_T our philox sampler starts from with seed=1
 
