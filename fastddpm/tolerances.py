@@ -59,6 +59,14 @@ LOW_PRECISION_TRAJECTORY = {torch.bfloat16: 3e-2, torch.float16: 5e-3}
 FLOAT32_REASSOCIATED_NETWORK = 5e-6
 
 
+# A fused kernel's float32 contraction over many terms against its torch twin on a GPU: linear attention
+# sums over all h·w positions (784 at 28×28), in tl.dot blocks in the kernel and in cuBLAS's order in the
+# twin; the rounding error of an n-term sum grows like √n·ε/2 (√784 · 6e-8 ≈ 1.7e-6 of the sum's scale).
+# Measured on an H200 (torch 2.11, Triton 3.6): 1.4e-6 at 28×28, dim_head 64; under 1e-6 in the Triton
+# interpreter on CPU.
+FLOAT32_LONG_CONTRACTION = 5e-6
+
+
 # ONNX Runtime against torch in float32, per forward and over a sampling trajectory with the same noise:
 # ORT's convolutions (MLAS), InstanceNormalization (how GroupNorm exports) and fused elementwise ops sum
 # in other orders than torch's. Measured: 1.1e-6 per forward and 4.3e-7 over a 20-step ancestral chain on

@@ -259,6 +259,11 @@ def _run_matrix(settings: BenchSettings, device: torch.device, workdir: Path, pr
 
 
 def _ort_case(backend, precision, model, chain, sampler_args, size, device, exports, workdir, x_T, noise):
+    if device.type == "cuda":  # before the export (tens of seconds): the CPU-only package cannot run there
+        import onnxruntime as ort
+
+        if CUDA not in ort.get_available_providers():
+            raise RuntimeError("ONNX Runtime has no CUDA provider here: pip install onnxruntime-gpu")
     key = f"{backend}:{precision}"
     eps_key = f"eps:{precision}"
     if eps_key not in exports:
