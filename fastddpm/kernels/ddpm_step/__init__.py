@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from .._dispatch import call_twin_directly, check_update_inputs, resolve_impl
+from .._dispatch import check_update_inputs, registered_op_needed, resolve_impl
 from . import naive
 
 __all__ = ["ddpm_step"]
 
 
-@torch.library.custom_op("fastddpm::ddpm_step", mutates_args=())
-def _ddpm_step_op(
+def _ddpm_step_impl(
     x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, table: torch.Tensor, noise: torch.Tensor | None,
     seeds: torch.Tensor | None, impl: str,
 ) -> torch.Tensor:
@@ -20,6 +19,10 @@ def _ddpm_step_op(
 
         return ddpm_step_triton(x, eps, t, table, noise, seeds)
     return naive.ddpm_step(x, eps, t, table, noise, seeds)
+
+
+# What torch.compile traces (see registered_op_needed); eager code calls _ddpm_step_impl itself.
+_ddpm_step_op = torch.library.custom_op("fastddpm::ddpm_step", _ddpm_step_impl, mutates_args=())
 
 
 @_ddpm_step_op.register_fake
@@ -49,6 +52,4 @@ def ddpm_step(
     impl = resolve_impl(impl, x)
     args = (x.contiguous(), eps.contiguous(), t.contiguous(), table.contiguous(),
             None if noise is None else noise.contiguous(), None if seeds is None else seeds.contiguous())
-    if call_twin_directly(impl):
-        return naive.ddpm_step(*args)
-    return _ddpm_step_op(*args, impl)
+    return (_ddpm_step_op if registered_op_needed() else _ddpm_step_impl)(*args, impl)

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import torch
 
-from .._dispatch import resolve_impl
+from .._dispatch import registered_op_needed, resolve_impl
 from . import naive
 
 __all__ = ["linear_attention"]
 
 
-@torch.library.custom_op("fastddpm::linear_attention", mutates_args=())
-def _linear_attention_op(qkv: torch.Tensor, heads: int, scale: float, impl: str) -> torch.Tensor:
+def _linear_attention_impl(qkv: torch.Tensor, heads: int, scale: float, impl: str) -> torch.Tensor:
     if impl == "triton":
         from .fused import linear_attention_triton  # Triton is imported only when a kernel runs
 
         return linear_attention_triton(qkv, heads, scale)
     return naive.linear_attention(qkv, heads, scale)
+
+
+# What torch.compile traces (see registered_op_needed); eager code calls _linear_attention_impl itself.
+_linear_attention_op = torch.library.custom_op("fastddpm::linear_attention", _linear_attention_impl, mutates_args=())
 
 
 @_linear_attention_op.register_fake
@@ -38,4 +41,5 @@ def linear_attention(qkv: torch.Tensor, heads: int, scale: float, *, impl: str |
         if impl == "triton":
             raise ValueError(f"the Triton kernel needs dim_head a power of two >= 16, got {dim_head}")
         chosen = "torch"
-    return _linear_attention_op(qkv.contiguous(), heads, float(scale), chosen)
+    op = _linear_attention_op if registered_op_needed() else _linear_attention_impl
+    return op(qkv.contiguous(), heads, float(scale), chosen)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from .._dispatch import call_twin_directly, check_update_inputs, resolve_impl
+from .._dispatch import check_update_inputs, registered_op_needed, resolve_impl
 from ..update_rows import NUM_ROWS
 from . import naive
 
 __all__ = ["linear_step"]
 
 
-@torch.library.custom_op("fastddpm::linear_step", mutates_args=())
-def _linear_step_op(
+def _linear_step_impl(
     x: torch.Tensor, eps: torch.Tensor, k: torch.Tensor, coefs: torch.Tensor, t: torch.Tensor,
     noise: torch.Tensor | None, seeds: torch.Tensor | None, impl: str,
 ) -> torch.Tensor:
@@ -21,6 +20,10 @@ def _linear_step_op(
 
         return linear_step_triton(x, eps, k, coefs, t, noise, seeds)
     return naive.linear_step(x, eps, k, coefs, t, noise, seeds)
+
+
+# What torch.compile traces (see registered_op_needed); eager code calls _linear_step_impl itself.
+_linear_step_op = torch.library.custom_op("fastddpm::linear_step", _linear_step_impl, mutates_args=())
 
 
 @_linear_step_op.register_fake
@@ -50,6 +53,4 @@ def linear_step(
     impl = resolve_impl(impl, x)
     args = (x.contiguous(), eps.contiguous(), k.contiguous(), coefs.contiguous(), t.contiguous(),
             None if noise is None else noise.contiguous(), None if seeds is None else seeds.contiguous())
-    if call_twin_directly(impl):
-        return naive.linear_step(*args)
-    return _linear_step_op(*args, impl)
+    return (_linear_step_op if registered_op_needed() else _linear_step_impl)(*args, impl)

@@ -6,15 +6,14 @@ from typing import Sequence
 
 import torch
 
-from .._dispatch import call_twin_directly, check_update_inputs, resolve_impl
+from .._dispatch import check_update_inputs, registered_op_needed, resolve_impl
 from ..update_rows import MAX_HISTORIES, NUM_ROWS
 from . import naive
 
 __all__ = ["multistep_update"]
 
 
-@torch.library.custom_op("fastddpm::multistep_update", mutates_args=())
-def _multistep_update_op(
+def _multistep_update_impl(
     x: torch.Tensor, eps: torch.Tensor, k: torch.Tensor, coefs: torch.Tensor, history1: torch.Tensor,
     history2: torch.Tensor | None, history3: torch.Tensor | None, impl: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -24,6 +23,10 @@ def _multistep_update_op(
 
         return multistep_update_triton(x, eps, k, coefs, history)
     return naive.multistep_update(x, eps, k, coefs, history)
+
+
+# What torch.compile traces (see registered_op_needed); eager code calls _multistep_update_impl itself.
+_multistep_update_op = torch.library.custom_op("fastddpm::multistep_update", _multistep_update_impl, mutates_args=())
 
 
 @_multistep_update_op.register_fake
@@ -46,9 +49,6 @@ def multistep_update(
             raise ValueError(f"history[{j - 1}] must have x's shape {tuple(x.shape)}, got {tuple(earlier.shape)}")
     check_update_inputs(x, eps, coefs, NUM_ROWS, history[0], None, k=k)
     impl = resolve_impl(impl, x)
-    if call_twin_directly(impl):
-        return naive.multistep_update(x.contiguous(), eps.contiguous(), k.contiguous(), coefs.contiguous(),
-                                      [t.contiguous() for t in history])
     h = [t.contiguous() for t in history] + [None] * (MAX_HISTORIES - len(history))
-    return _multistep_update_op(x.contiguous(), eps.contiguous(), k.contiguous(), coefs.contiguous(), h[0], h[1], h[2],
-                                impl)
+    op = _multistep_update_op if registered_op_needed() else _multistep_update_impl
+    return op(x.contiguous(), eps.contiguous(), k.contiguous(), coefs.contiguous(), h[0], h[1], h[2], impl)

@@ -6,19 +6,22 @@ from typing import Sequence
 
 import torch
 
-from .._dispatch import call_twin_directly, resolve_impl
+from .._dispatch import registered_op_needed, resolve_impl
 from . import naive
 
 __all__ = ["randn_philox"]
 
 
-@torch.library.custom_op("fastddpm::randn_philox", mutates_args=())
-def _randn_philox_op(seeds: torch.Tensor, steps: torch.Tensor, sample_shape: Sequence[int], impl: str) -> torch.Tensor:
+def _randn_philox_impl(seeds: torch.Tensor, steps: torch.Tensor, sample_shape: Sequence[int], impl: str) -> torch.Tensor:
     if impl == "triton":
         from .fused import randn_philox_triton  # Triton is imported only when a kernel runs
 
         return randn_philox_triton(seeds, steps, tuple(sample_shape))
     return naive.randn_philox(seeds, steps, tuple(sample_shape))
+
+
+# What torch.compile traces (see registered_op_needed); eager code calls _randn_philox_impl itself.
+_randn_philox_op = torch.library.custom_op("fastddpm::randn_philox", _randn_philox_impl, mutates_args=())
 
 
 @_randn_philox_op.register_fake
@@ -40,6 +43,5 @@ def randn_philox(
     if steps.shape != seeds.shape:
         raise ValueError(f"step must be a scalar or one per sample ({seeds.shape[0]}), got shape {tuple(steps.shape)}")
     impl = resolve_impl(impl, seeds)
-    if call_twin_directly(impl):
-        return naive.randn_philox(seeds.contiguous(), steps, tuple(int(s) for s in sample_shape))
-    return _randn_philox_op(seeds.contiguous(), steps, [int(s) for s in sample_shape], impl)
+    op = _randn_philox_op if registered_op_needed() else _randn_philox_impl
+    return op(seeds.contiguous(), steps, [int(s) for s in sample_shape], impl)

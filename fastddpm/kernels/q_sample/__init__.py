@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from .._dispatch import resolve_impl
+from .._dispatch import registered_op_needed, resolve_impl
 from . import naive
 
 __all__ = ["q_sample"]
 
 
-@torch.library.custom_op("fastddpm::q_sample", mutates_args=())
-def _q_sample_op(
+def _q_sample_impl(
     x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, sqrt_alphas_cumprod: torch.Tensor,
     sqrt_one_minus_alphas_cumprod: torch.Tensor, impl: str,
 ) -> torch.Tensor:
@@ -20,6 +19,10 @@ def _q_sample_op(
 
         return q_sample_triton(x_start, t, noise, sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod)
     return naive.q_sample(x_start, t, noise, sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod)
+
+
+# What torch.compile traces (see registered_op_needed); eager code calls _q_sample_impl itself.
+_q_sample_op = torch.library.custom_op("fastddpm::q_sample", _q_sample_impl, mutates_args=())
 
 
 @_q_sample_op.register_fake
@@ -41,7 +44,8 @@ def q_sample(
     ``t``: integer (B,) step indices; the two tables: float (T,) on the same device.
     """
     _check(x_start, t, noise, sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod)
-    return _q_sample_op(
+    op = _q_sample_op if registered_op_needed() else _q_sample_impl
+    return op(
         x_start.contiguous(), t.contiguous(), noise.contiguous(), sqrt_alphas_cumprod.contiguous(),
         sqrt_one_minus_alphas_cumprod.contiguous(), resolve_impl(impl, x_start),
     )
