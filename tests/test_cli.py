@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import fastddpm
@@ -238,3 +239,14 @@ def test_sample_unipc_order_3_is_the_library_sampler(tmp_path, small_unet, capsy
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "order 2: 'ddim' has no order setting" in lines[0], lines
     assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_auto_backend_captures_a_cuda_graph_only_when_it_pays():
+    from fastddpm.cli.sample import cli_backend
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    # On CUDA a capture costs about 2.5 eager samples: one or two batches run eager, three or more replay a graph.
+    assert [cli_backend("auto", cuda, n) for n in (1, 2, 3, 10)] == ["eager", "eager", "cudagraph", "cudagraph"]
+    assert cli_backend("auto", cpu, 10) == "auto"  # the Sampler resolves it: eager on CPU
+    # An explicit choice is kept.
+    assert cli_backend("cudagraph", cuda, 1) == "cudagraph" and cli_backend("compile", cpu, 1) == "compile"
