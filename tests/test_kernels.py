@@ -362,15 +362,17 @@ import sys, torch
 from fastddpm import GaussianDiffusion
 from fastddpm.kernels import ddpm_step, linear_attention, linear_step, multistep_update, q_sample, randn_philox
 from fastddpm.kernels.update_rows import NUM_ROWS
-x, t = torch.randn(2, 1, 4, 4), torch.tensor([0, 5])
-table, rows = GaussianDiffusion(20).ddpm_step_table(), torch.randn(NUM_ROWS, 20)
+device = sys.argv[1]
+x, t = torch.randn(2, 1, 4, 4, device=device), torch.tensor([0, 5], device=device)
+table, rows = GaussianDiffusion(20).ddpm_step_table().to(device), torch.randn(NUM_ROWS, 20, device=device)
+seeds = torch.tensor([1, 2], device=device)
 for impl in ("torch", "triton"):
-    ddpm_step(x, x, t, table, seeds=torch.tensor([1, 2]), impl=impl)
+    ddpm_step(x, x, t, table, seeds=seeds, impl=impl)
     q_sample(x, t, x, table[0], table[1], impl=impl)
-    linear_attention(torch.randn(1, 96, 3, 3), 1, 0.5, impl=impl)
+    linear_attention(torch.randn(1, 96, 3, 3, device=device), 1, 0.5, impl=impl)
     linear_step(x, x, t, rows, t, noise=x, impl=impl)
     multistep_update(x, x, t, rows, [x, x], impl=impl)
-    randn_philox(torch.tensor([1, 2]), 3, (1, 4, 4), impl=impl)
+    randn_philox(seeds, 3, (1, 4, 4), impl=impl)
 print("torch._dynamo" in sys.modules)
 """
 
@@ -382,7 +384,10 @@ def test_eager_ops_do_not_import_the_compiler():
     import subprocess
     import sys
 
-    env = {**os.environ, "TRITON_INTERPRET": "1"}  # "triton" runs on CPU tensors through the interpreter
-    done = subprocess.run([sys.executable, "-c", EAGER_OPS_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    env = dict(os.environ)
+    if DEVICE == "cpu":  # "triton" runs on CPU tensors through the interpreter (as conftest.py sets it)
+        env["TRITON_INTERPRET"] = "1"
+    done = subprocess.run([sys.executable, "-c", EAGER_OPS_SCRIPT, DEVICE], capture_output=True, text=True, env=env,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "False"

@@ -178,9 +178,9 @@ def _sample_torch(args: argparse.Namespace, out: Path, on: torch.device) -> None
 
 def cli_backend(backend: str, device: torch.device, num_batches: int) -> str:
     """The CLI's "auto": a CUDA graph only where its capture pays back within the run. Capturing the whole loop
-    costs about 2.5 eager samples and each replay about a quarter of one (the bundled model on an H200,
-    1000 ancestral steps: first sample 16.7 s captured vs 6.8 s eager, then 1.7 s vs 6.7 s), so from the
-    third batch on. ``Sampler(backend="auto")`` itself keeps the graph on CUDA: a library caller samples again."""
+    costs 2–2.5 eager samples and each replay about a quarter of one (the bundled model on an H200, 1000
+    ancestral steps, two runs: first sample 15.0 / 16.7 s captured vs 7.5 / 6.8 s eager, then 1.7 s vs
+    7.6 / 6.7 s), so from the third batch on. ``Sampler(backend="auto")`` itself keeps the graph on CUDA: a library caller samples again."""
     if backend != "auto" or device.type != "cuda":
         return backend
     return "cudagraph" if num_batches >= 3 else "eager"
