@@ -2,9 +2,10 @@
 seconds of the first sample (CUDA graph capture, Triton JIT compiles, cuDNN's first calls) and of the
 repeats, for the bundled model's default solver and for the 1000-step ancestral sampler.
 
-The backends alternate in the order given, after one untimed CUDA warm-up (context creation) that neither
-should pay for. Triton's on-disk cache makes a second process cheaper than the first: run the script twice
-to see both. Writes rows to ``first-sample.csv``::
+The backends alternate in the order given, after creating the CUDA context untimed. The first row of a
+process still pays one-time costs (cuDNN and cuBLAS handles, Triton hashing its sources for its cache key,
+~0.4 s on an H200): compare rows at the same position, or list a throwaway configuration first. Triton's
+on-disk cache makes a second process cheaper than the first. Writes rows to ``first-sample.csv``::
 
     python benchmarks/bench_cuda_first_sample.py --repeats 3
 """
@@ -22,6 +23,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import append_rows, environment  # noqa: E402
 
 from fastddpm import load_sampler  # noqa: E402
+from fastddpm.cli.common import positive_int  # noqa: E402
 
 SOLVERS = {"default": {}, "ddpm-1000": {"method": "ddpm"}}
 IMAGE_SIZE, CHANNELS = 16, 1  # the bundled digits model
@@ -47,7 +49,7 @@ def main(argv=None) -> int:
     parser.add_argument("--backends", nargs="+", default=["eager", "cudagraph"])
     parser.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=list(SOLVERS))
     parser.add_argument("--num", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3, help="timed samples after the first (default 3)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed samples after the first (default 3)")
     parser.add_argument("--out", default="benchmarks/results/first-sample.csv")
     parser.add_argument("--device", default="cuda", help="cuda (default); cpu only to try the script out")
     args = parser.parse_args(argv)

@@ -112,3 +112,23 @@ def test_a_configuration_whose_extra_is_missing_is_skipped_with_the_install_line
 def test_openvino_precisions_are_checked():  # its timed row is in test_run_writes_checked_rows_table_csv_and_chart
     with pytest.raises(ValueError, match="openvino takes one of"):
         BenchSettings(configs=("openvino:fp16",))
+
+
+def test_onnxruntime_without_its_cuda_provider_is_skipped_on_cuda(monkeypatch):
+    import onnxruntime
+    import torch
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert bench._missing_extra("onnxruntime", torch.device("cuda")) == (
+        "ONNX Runtime has no CUDA provider here: pip install onnxruntime-gpu")
+    assert bench._missing_extra("onnxruntime", torch.device("cpu")) == ""
+    assert bench._missing_extra("eager", torch.device("cuda")) == ""
+
+
+def test_an_explicit_git_sha_names_the_rows(monkeypatch):
+    from fastddpm.bench.probes import git_sha
+
+    monkeypatch.setenv("FASTDDPM_GIT_SHA", "abc1234")
+    assert git_sha() == "abc1234"
+    monkeypatch.delenv("FASTDDPM_GIT_SHA")
+    assert git_sha() != "abc1234"

@@ -245,8 +245,11 @@ def test_cli_auto_backend_captures_a_cuda_graph_only_when_it_pays():
     from fastddpm.cli.sample import cli_backend
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    # On CUDA a capture costs about 2.5 eager samples: one or two batches run eager, three or more replay a graph.
-    assert [cli_backend("auto", cuda, n) for n in (1, 2, 3, 10)] == ["eager", "eager", "cudagraph", "cudagraph"]
-    assert cli_backend("auto", cpu, 10) == "auto"  # the Sampler resolves it: eager on CPU
+    # A capture costs about 2 eager batches and a replay a quarter of one: one or two batches run eager,
+    # three or more equal ones replay a graph; a smaller last batch is a second capture.
+    assert [cli_backend("auto", cuda, 64 * n, 64) for n in (1, 2, 3, 10)] == ["eager", "eager", "cudagraph", "cudagraph"]
+    assert cli_backend("auto", cuda, 64 * 3 + 8, 64) == "eager" and cli_backend("auto", cuda, 64 * 4 + 8, 64) == "cudagraph"
+    assert cli_backend("auto", cuda, 10, 64) == "eager"  # one batch smaller than --batch-size
+    assert cli_backend("auto", cpu, 640, 64) == "auto"  # the Sampler resolves it: eager on CPU
     # An explicit choice is kept.
-    assert cli_backend("cudagraph", cuda, 1) == "cudagraph" and cli_backend("compile", cpu, 1) == "compile"
+    assert cli_backend("cudagraph", cuda, 1, 64) == "cudagraph" and cli_backend("compile", cpu, 1, 64) == "compile"

@@ -69,11 +69,18 @@ _EXTRAS = {**{backend: (("onnx", "onnxscript", "onnxruntime"), "onnx") for backe
            OPENVINO: (("onnx", "onnxscript", "openvino"), "openvino")}
 
 
-def _missing_extra(backend: str) -> str:
+def _missing_extra(backend: str, device: torch.device) -> str:
     """An empty string when ``backend`` can be tried here, else what to install (a skipped row, not a failure)."""
     modules, extra = _EXTRAS.get(backend, ((), ""))
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    return f"needs {', '.join(missing)}: pip install 'fastddpm[{extra}]'" if missing else ""
+    if missing:
+        return f"needs {', '.join(missing)}: pip install 'fastddpm[{extra}]'"
+    if backend in ORT_BACKENDS and device.type == "cuda":  # the CPU-only package cannot run there
+        import onnxruntime as ort
+
+        if CUDA not in ort.get_available_providers():
+            return "ONNX Runtime has no CUDA provider here: pip install onnxruntime-gpu"
+    return ""
 
 
 def _load_preset(preset: Preset, device: torch.device):
@@ -166,12 +173,12 @@ def _run_matrix(settings: BenchSettings, device: torch.device, workdir: Path, pr
                 cases.append(_Case(name, functools.partial(_ort_case, backend, precision, model, chain, sampler_args,
                                                            size, device, exports, workdir, x_T, noise),
                                    _tolerance(backend, precision), memory_visible=device.type == "cpu",
-                                   skip=_missing_extra(backend)))
+                                   skip=_missing_extra(backend, device)))
             elif backend == OPENVINO:
                 cases.append(_Case(name, functools.partial(_openvino_case, precision, model, chain, sampler_args, size,
                                                            channels, batch, settings.seed, device, exports, workdir),
                                    _tolerance(backend, precision), memory_visible=False,
-                                   skip=_missing_extra(backend)))
+                                   skip=_missing_extra(backend, device)))
             else:
                 cases.append(_Case(name, functools.partial(torch_case, backend, precision),
                                    _tolerance(backend, precision)))
@@ -259,11 +266,6 @@ def _run_matrix(settings: BenchSettings, device: torch.device, workdir: Path, pr
 
 
 def _ort_case(backend, precision, model, chain, sampler_args, size, device, exports, workdir, x_T, noise):
-    if device.type == "cuda":  # before the export (tens of seconds): the CPU-only package cannot run there
-        import onnxruntime as ort
-
-        if CUDA not in ort.get_available_providers():
-            raise RuntimeError("ONNX Runtime has no CUDA provider here: pip install onnxruntime-gpu")
     key = f"{backend}:{precision}"
     eps_key = f"eps:{precision}"
     if eps_key not in exports:

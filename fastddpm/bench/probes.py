@@ -34,13 +34,15 @@ def environment(device: torch.device | str) -> dict[str, str]:
 
 
 def git_sha() -> str:
-    """The short SHA of the checkout fastddpm runs from, else ``FASTDDPM_GIT_SHA`` (set it where a copy of a
-    checkout runs without its .git, as on a lent GPU machine), else "unknown" (an installed package)."""
+    """``FASTDDPM_GIT_SHA`` when set (for a copy of a checkout without its .git, as on a lent GPU machine),
+    else the short SHA of the checkout fastddpm runs from, else "unknown" (an installed package)."""
+    if os.environ.get("FASTDDPM_GIT_SHA"):
+        return os.environ["FASTDDPM_GIT_SHA"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=Path(__file__).parent, check=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("FASTDDPM_GIT_SHA", "unknown")
+        return "unknown"
 
 
 def device_name(device: torch.device | str) -> str:

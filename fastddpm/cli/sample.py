@@ -59,7 +59,8 @@ def register(sub) -> None:
     parser.add_argument("--channels", type=positive_int, help="check the checkpoint has this many channels")
     add_sampler_arguments(parser)
     parser.add_argument("--backend", choices=(*BACKENDS, ONNXRUNTIME, OPENVINO), default="auto",
-                        help="sampler backend (default auto: on CUDA cudagraph from 3 batches on, eager for fewer; "
+                        help="sampler backend (default auto: on CUDA cudagraph where its capture pays back, from 3 "
+                        "equal batches on, else eager; "
                         "eager on CPU; onnxruntime with --onnx; "
                         "openvino: an --onnx ε-model export's U-Net in OpenVINO, pip install 'fastddpm[openvino]')")
     parser.add_argument("--onnx", metavar="MODEL.onnx",
@@ -145,7 +146,9 @@ def _sample_torch(args: argparse.Namespace, out: Path, on: torch.device) -> None
         raise CLIError(f"--image-size {image_size} is not divisible by {divisor} (this model's dim_mults)")
 
     precision = args.precision or "fp32"
-    backend = cli_backend(args.backend, on, math.ceil(args.num / args.batch_size))
+    # Sharded runs keep the Sampler's own "auto" (a graph on CUDA): it is in their manifests, which a resume
+    # must match, and their batches are cut per shard.
+    backend = args.backend if args.out_dir is not None else cli_backend(args.backend, on, args.num, args.batch_size)
     try:
         check_fit_matches(args, diffusion, model)
         settings = sampler_settings(args, model, diffusion)
@@ -176,14 +179,21 @@ def _sample_torch(args: argparse.Namespace, out: Path, on: torch.device) -> None
     _write_samples(_sample_batches(sampler, args, image_size, channels), out, image_size, channels, args, sampler.plan)
 
 
-def cli_backend(backend: str, device: torch.device, num_batches: int) -> str:
-    """The CLI's "auto": a CUDA graph only where its capture pays back within the run. Capturing the whole loop
-    costs 2–2.5 eager samples and each replay about a quarter of one (the bundled model on an H200, 1000
-    ancestral steps, two runs: first sample 15.0 / 16.7 s captured vs 7.5 / 6.8 s eager, then 1.7 s vs
-    7.6 / 6.7 s), so from the third batch on. ``Sampler(backend="auto")`` itself keeps the graph on CUDA: a library caller samples again."""
+# A CUDA graph's first batch of a shape (the capture) and each later one (a replay), in eager batches:
+# the bundled model on an H200, 1000 ancestral steps, batch 64: 14.97 s captured vs 7.53 s eager first,
+# then 1.70 s vs 7.57 s (benchmarks/results/gpu-h200/first-sample.txt, run 4).
+CAPTURE_COST, REPLAY_COST = 2.0, 0.25
+
+
+def cli_backend(backend: str, device: torch.device, num: int, batch_size: int) -> str:
+    """The CLI's "auto" on CUDA: a CUDA graph only where its captures pay back within the run (each batch
+    shape is captured once: a smaller last batch is another capture), else eager. ``Sampler(backend="auto")``
+    itself keeps the graph on CUDA: a library caller samples again."""
     if backend != "auto" or device.type != "cuda":
         return backend
-    return "cudagraph" if num_batches >= 3 else "eager"
+    full, rest = divmod(num, batch_size)
+    captured = (CAPTURE_COST + REPLAY_COST * (full - 1) if full else 0.0) + (CAPTURE_COST if rest else 0.0)
+    return "cudagraph" if captured < full + (1 if rest else 0) else "eager"
 
 
 def _sample_batches(sampler: Sampler, args: argparse.Namespace, image_size: int, channels: int) -> torch.Tensor:

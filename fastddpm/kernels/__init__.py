@@ -2,7 +2,8 @@
 
 Each op is a folder: ``fused.py`` (the Triton kernel and its launcher), ``naive.py`` (the pure-torch twin,
 same signature) and ``__init__.py`` (the public op: guards, dispatch, ``torch.library`` registration with a
-fake implementation so ``torch.compile`` can trace it). Triton is imported only when a kernel runs.
+fake implementation so ``torch.compile`` can trace it; eager calls skip the registration, see
+``_dispatch.registered_op_needed``). Triton is imported only when a kernel runs.
 """
 
 from ._dispatch import ENV_VAR, IMPLS, interpreting, resolve_impl, triton_available

@@ -38,12 +38,17 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def registered_op_needed() -> bool:
-    """True under torch.compile, whose tracer must see an op's registered custom op; eager code (a CUDA graph
-    capture included) calls the op's implementation itself. The registered op's dispatch adds only a cost
-    there: its first call imports torch._dynamo, sympy and ~900 more modules (2.6 s on the 2-core CPU
-    machine; on the H200 machine 3.6 s of a 5.0 s first 5-step sample on CUDA)."""
-    return torch.compiler.is_compiling()
+def registered_op_needed(impl: str, *tensors: torch.Tensor | None) -> bool:
+    """True under torch.compile, whose tracer must see an op's registered custom op, and for a Triton kernel
+    given inputs that require grad: the registered op has no autograd formula, so a backward through it
+    fails loudly where the kernel's output would silently carry no gradient. Otherwise (eager code, a CUDA
+    graph capture included) the op calls its implementation itself: the registered op's dispatch adds only
+    a cost there, its first call importing torch._dynamo, sympy and ~900 more modules (2.6 s on the 2-core
+    CPU machine; on the H200 machine 3.6 s of a 5.0 s first 5-step sample on CUDA). The torch twins are
+    differentiable when called directly."""
+    if torch.compiler.is_compiling():
+        return True
+    return impl == "triton" and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def resolve_impl(impl: str | None, *tensors: torch.Tensor) -> str:

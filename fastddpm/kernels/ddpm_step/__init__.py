@@ -21,7 +21,8 @@ def _ddpm_step_impl(
     return naive.ddpm_step(x, eps, t, table, noise, seeds)
 
 
-# What torch.compile traces (see registered_op_needed); eager code calls _ddpm_step_impl itself.
+# What torch.compile traces (and what a Triton call with grad-requiring inputs runs: see
+# registered_op_needed); other eager calls run _ddpm_step_impl itself.
 _ddpm_step_op = torch.library.custom_op("fastddpm::ddpm_step", _ddpm_step_impl, mutates_args=())
 
 
@@ -52,4 +53,4 @@ def ddpm_step(
     impl = resolve_impl(impl, x)
     args = (x.contiguous(), eps.contiguous(), t.contiguous(), table.contiguous(),
             None if noise is None else noise.contiguous(), None if seeds is None else seeds.contiguous())
-    return (_ddpm_step_op if registered_op_needed() else _ddpm_step_impl)(*args, impl)
+    return (_ddpm_step_op if registered_op_needed(impl, *args) else _ddpm_step_impl)(*args, impl)

@@ -18,7 +18,8 @@ def _linear_attention_impl(qkv: torch.Tensor, heads: int, scale: float, impl: st
     return naive.linear_attention(qkv, heads, scale)
 
 
-# What torch.compile traces (see registered_op_needed); eager code calls _linear_attention_impl itself.
+# What torch.compile traces (and what a Triton call with grad-requiring inputs runs: see
+# registered_op_needed); other eager calls run _linear_attention_impl itself.
 _linear_attention_op = torch.library.custom_op("fastddpm::linear_attention", _linear_attention_impl, mutates_args=())
 
 
@@ -41,5 +42,5 @@ def linear_attention(qkv: torch.Tensor, heads: int, scale: float, *, impl: str |
         if impl == "triton":
             raise ValueError(f"the Triton kernel needs dim_head a power of two >= 16, got {dim_head}")
         chosen = "torch"
-    op = _linear_attention_op if registered_op_needed() else _linear_attention_impl
+    op = _linear_attention_op if registered_op_needed(chosen, qkv) else _linear_attention_impl
     return op(qkv.contiguous(), heads, float(scale), chosen)

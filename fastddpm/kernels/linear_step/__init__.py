@@ -22,7 +22,8 @@ def _linear_step_impl(
     return naive.linear_step(x, eps, k, coefs, t, noise, seeds)
 
 
-# What torch.compile traces (see registered_op_needed); eager code calls _linear_step_impl itself.
+# What torch.compile traces (and what a Triton call with grad-requiring inputs runs: see
+# registered_op_needed); other eager calls run _linear_step_impl itself.
 _linear_step_op = torch.library.custom_op("fastddpm::linear_step", _linear_step_impl, mutates_args=())
 
 
@@ -53,4 +54,4 @@ def linear_step(
     impl = resolve_impl(impl, x)
     args = (x.contiguous(), eps.contiguous(), k.contiguous(), coefs.contiguous(), t.contiguous(),
             None if noise is None else noise.contiguous(), None if seeds is None else seeds.contiguous())
-    return (_linear_step_op if registered_op_needed() else _linear_step_impl)(*args, impl)
+    return (_linear_step_op if registered_op_needed(impl, *args) else _linear_step_impl)(*args, impl)

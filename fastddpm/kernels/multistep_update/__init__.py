@@ -25,7 +25,8 @@ def _multistep_update_impl(
     return naive.multistep_update(x, eps, k, coefs, history)
 
 
-# What torch.compile traces (see registered_op_needed); eager code calls _multistep_update_impl itself.
+# What torch.compile traces (and what a Triton call with grad-requiring inputs runs: see
+# registered_op_needed); other eager calls run _multistep_update_impl itself.
 _multistep_update_op = torch.library.custom_op("fastddpm::multistep_update", _multistep_update_impl, mutates_args=())
 
 
@@ -50,5 +51,5 @@ def multistep_update(
     check_update_inputs(x, eps, coefs, NUM_ROWS, history[0], None, k=k)
     impl = resolve_impl(impl, x)
     h = [t.contiguous() for t in history] + [None] * (MAX_HISTORIES - len(history))
-    op = _multistep_update_op if registered_op_needed() else _multistep_update_impl
+    op = _multistep_update_op if registered_op_needed(impl, x, eps, coefs, *history) else _multistep_update_impl
     return op(x.contiguous(), eps.contiguous(), k.contiguous(), coefs.contiguous(), h[0], h[1], h[2], impl)

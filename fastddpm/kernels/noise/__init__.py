@@ -20,7 +20,8 @@ def _randn_philox_impl(seeds: torch.Tensor, steps: torch.Tensor, sample_shape: S
     return naive.randn_philox(seeds, steps, tuple(sample_shape))
 
 
-# What torch.compile traces (see registered_op_needed); eager code calls _randn_philox_impl itself.
+# What torch.compile traces (and what a Triton call with grad-requiring inputs runs: see
+# registered_op_needed); other eager calls run _randn_philox_impl itself.
 _randn_philox_op = torch.library.custom_op("fastddpm::randn_philox", _randn_philox_impl, mutates_args=())
 
 
@@ -43,5 +44,5 @@ def randn_philox(
     if steps.shape != seeds.shape:
         raise ValueError(f"step must be a scalar or one per sample ({seeds.shape[0]}), got shape {tuple(steps.shape)}")
     impl = resolve_impl(impl, seeds)
-    op = _randn_philox_op if registered_op_needed() else _randn_philox_impl
+    op = _randn_philox_op if registered_op_needed(impl) else _randn_philox_impl  # integer inputs: no grad
     return op(seeds.contiguous(), steps, [int(s) for s in sample_shape], impl)

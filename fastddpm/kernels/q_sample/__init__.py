@@ -21,7 +21,8 @@ def _q_sample_impl(
     return naive.q_sample(x_start, t, noise, sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod)
 
 
-# What torch.compile traces (see registered_op_needed); eager code calls _q_sample_impl itself.
+# What torch.compile traces (and what a Triton call with grad-requiring inputs runs: see
+# registered_op_needed); other eager calls run _q_sample_impl itself.
 _q_sample_op = torch.library.custom_op("fastddpm::q_sample", _q_sample_impl, mutates_args=())
 
 
@@ -44,10 +45,12 @@ def q_sample(
     ``t``: integer (B,) step indices; the two tables: float (T,) on the same device.
     """
     _check(x_start, t, noise, sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod)
-    op = _q_sample_op if registered_op_needed() else _q_sample_impl
+    chosen = resolve_impl(impl, x_start)
+    tensors = (x_start, noise, sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod)
+    op = _q_sample_op if registered_op_needed(chosen, *tensors) else _q_sample_impl
     return op(
         x_start.contiguous(), t.contiguous(), noise.contiguous(), sqrt_alphas_cumprod.contiguous(),
-        sqrt_one_minus_alphas_cumprod.contiguous(), resolve_impl(impl, x_start),
+        sqrt_one_minus_alphas_cumprod.contiguous(), chosen,
     )
 
 
