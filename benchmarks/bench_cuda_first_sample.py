@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", nargs="+", default=["eager", "cudagraph"])
     parser.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=list(SOLVERS))
-    parser.add_argument("--num", type=int, default=64)
+    parser.add_argument("--num", type=positive_int, default=64)
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed samples after the first (default 3)")
     parser.add_argument("--out", default="benchmarks/results/first-sample.csv")
     parser.add_argument("--device", default="cuda", help="cuda (default); cpu only to try the script out")

@@ -32,15 +32,15 @@ python3 -c "import pytest_timeout" 2>/dev/null && per_test="--timeout=60"
 
 status=0
 # -P: do not put the source folder on sys.path (the installed package maps kernels/ to fastddpm.kernels).
-timeout 145 python3 -P -m pytest -v -p no:cacheprovider $per_test --durations=15 tests/test_kernels.py tests/test_sampler.py tests/test_onnx.py -m "gpu or not slow" \
+timeout 180 python3 -P -m pytest -v -p no:cacheprovider $per_test --durations=15 tests/test_kernels.py tests/test_sampler.py tests/test_onnx.py -m "gpu or not slow" \
     2>&1 | tee "$out/tests.log" | tail -5 || status=1
-timeout 45 python3 -P benchmarks/bench_kernels.py --out "$out/kernels.csv" 2>&1 | tee "$out/kernels.txt" || status=1
+timeout 40 python3 -P benchmarks/bench_kernels.py --out "$out/kernels.csv" 2>&1 | tee "$out/kernels.txt" || status=1
 # The matrix without torch.compile at batch 64 and 256, then compile alone at batch 64 (its compile time is
 # CPU-bound: kept apart so that a slow compile cannot starve the rest of the budget).
 timeout 110 python3 -P -m fastddpm bench --device cuda --batch 64 256 --rounds 5 --no-progress --out "$out/bench" \
     --backends eager:fp32 eager:bf16 cudagraph:fp32 cudagraph:bf16 onnxruntime:fp32 onnxruntime:fp16 onnxruntime-loop:fp32 \
     2>&1 | tee "$out/bench.txt" | grep -E "^\||·|wrote|Error|error" || status=1
-timeout 120 python3 -P -m fastddpm bench --device cuda --batch 64 --rounds 5 --no-progress --out "$out/bench-compile" \
+timeout 100 python3 -P -m fastddpm bench --device cuda --batch 64 --rounds 5 --no-progress --out "$out/bench-compile" \
     --backends eager:fp32 compile:fp32 compile:bf16 cudagraph:bf16 \
     2>&1 | tee "$out/bench-compile.txt" | grep -E "^\||·|wrote|Error|error" || status=1
 # The README's main job on the GPU (one batch: auto runs eager), and the 1000-step ancestral sampler, timed
@@ -53,6 +53,6 @@ for args in "" "--method ddpm"; do
     echo "$name: $(python3 -c "import time; print(f'{time.time() - $start:.2f}')") s wall, process start to exit" | tee -a "$out/sample.txt"
 done
 # First and repeated samples per backend in one process (capture and first-call costs; see docs/sampling.md).
-timeout 60 python3 -P benchmarks/bench_cuda_first_sample.py --repeats 2 --out "$out/first-sample.csv" \
+timeout 50 python3 -P benchmarks/bench_cuda_first_sample.py --repeats 2 --out "$out/first-sample.csv" \
     2>&1 | tee "$out/first-sample.txt" || status=1
 exit $status

@@ -115,8 +115,9 @@ def test_openvino_precisions_are_checked():  # its timed row is in test_run_writ
 
 
 def test_onnxruntime_without_its_cuda_provider_is_skipped_on_cuda(monkeypatch):
-    import onnxruntime
     import torch
+
+    onnxruntime = pytest.importorskip("onnxruntime")
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     assert bench._missing_extra("onnxruntime", torch.device("cuda")) == (

@@ -394,16 +394,39 @@ def test_eager_ops_do_not_import_the_compiler():
     assert done.stdout.strip() == "False"
 
 
-def test_triton_kernels_refuse_gradients_loudly():
+def _triton_op_calls(x):
+    """Each float-input op called with impl="triton" on x (which may require grad)."""
+    from fastddpm.kernels import linear_step, multistep_update
+
+    t = step_indices(x.shape[0])
+    table = GaussianDiffusion(T).ddpm_step_table().to(DEVICE)
+    rows = torch.randn(NUM_ROWS, T, device=DEVICE)
+    seeds = torch.arange(x.shape[0], device=DEVICE)
+    return {
+        "q_sample": lambda: q_sample(x, t, torch.randn_like(x), table[0], table[1], impl="triton"),
+        "ddpm_step": lambda: ddpm_step(x, x, t, table, seeds=seeds, impl="triton"),
+        "linear_step": lambda: linear_step(x, x, t, rows, t, seeds=seeds, impl="triton"),
+        "multistep_update": lambda: multistep_update(x, x, t, rows, [x, x], impl="triton")[0],
+    }
+
+
+@pytest.mark.parametrize("op", ["q_sample", "ddpm_step", "linear_step", "multistep_update"])
+def test_triton_kernels_refuse_gradients_loudly(op):
     # The kernels have no backward: given inputs that require grad, the op runs through its registration,
     # whose missing autograd formula fails the backward instead of leaving the gradient silently empty.
-    qkv = torch.randn(1, 96, 3, 3, device=DEVICE, requires_grad=True)
-    with pytest.raises(RuntimeError, match="autograd"):
-        linear_attention(qkv, 1, 0.5, impl="triton").sum().backward()
     x = torch.randn(2, 1, 4, 4, device=DEVICE, requires_grad=True)
-    table = GaussianDiffusion(T).ddpm_step_table().to(DEVICE)
     with pytest.raises(RuntimeError, match="autograd"):
-        q_sample(x, step_indices(2), torch.randn_like(x), table[0], table[1], impl="triton").sum().backward()
+        _triton_op_calls(x)[op]().sum().backward()
+
+
+def test_unet_with_triton_attention_refuses_a_backward_and_its_twin_gives_the_reference_gradient():
+    # Inside a U-Net the other parameters would still get gradients: only the loud error shows the gap.
+    torch.manual_seed(0)
+    model = Unet(dim=16, channels=1, dim_mults=(1, 2)).to(DEVICE)
+    set_linear_attention_kernel(model, "triton")
+    x, t = torch.randn(2, 1, 16, 16, device=DEVICE), torch.tensor([0, 150], device=DEVICE)
+    with pytest.raises(RuntimeError, match="autograd"):
+        model(x, t).square().sum().backward()
     # The torch twin, called directly, is differentiable: the reference module's own gradient.
     torch.manual_seed(0)
     module = LinearAttention(28).to(DEVICE)

@@ -76,9 +76,13 @@ def _missing_extra(backend: str, device: torch.device) -> str:
     if missing:
         return f"needs {', '.join(missing)}: pip install 'fastddpm[{extra}]'"
     if backend in ORT_BACKENDS and device.type == "cuda":  # the CPU-only package cannot run there
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
 
-        if CUDA not in ort.get_available_providers():
+            providers = ort.get_available_providers()
+        except Exception as exc:  # found but broken: this row is skipped, not the whole matrix
+            return f"onnxruntime does not import: {_first_line(exc)[:100]}"
+        if CUDA not in providers:
             return "ONNX Runtime has no CUDA provider here: pip install onnxruntime-gpu"
     return ""
 
