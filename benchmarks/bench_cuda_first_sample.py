@@ -23,22 +23,18 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import append_rows, environment  # noqa: E402
 
 from fastddpm import load_sampler  # noqa: E402
+from fastddpm.bench.probes import sync  # noqa: E402
 from fastddpm.cli.common import positive_int  # noqa: E402
 
 SOLVERS = {"default": {}, "ddpm-1000": {"method": "ddpm"}}
 IMAGE_SIZE, CHANNELS = 16, 1  # the bundled digits model
 
 
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def timed_sample(sampler, num: int, seed: int) -> float:
-    sync()
+    sync(sampler.device)
     start = time.perf_counter()
     images = sampler.sample(num, IMAGE_SIZE, CHANNELS, seed=seed, progress=False)
-    sync()
+    sync(sampler.device)
     if not torch.isfinite(images).all():
         raise SystemExit("a sample is not finite")
     return time.perf_counter() - start

@@ -8,7 +8,7 @@ import torch
 
 from conftest import DEVICE
 from fastddpm import GaussianDiffusion, Unet
-from fastddpm.kernels import ddpm_step, linear_attention, q_sample, randn_philox, resolve_impl
+from fastddpm.kernels import ddpm_step, linear_attention, linear_step, multistep_update, q_sample, randn_philox, resolve_impl
 from fastddpm.kernels.update_rows import NUM_ROWS
 from fastddpm.kernels.ddpm_step import fused as step_fused
 from fastddpm.kernels.ddpm_step import naive as step_naive
@@ -396,8 +396,6 @@ def test_eager_ops_do_not_import_the_compiler():
 
 def _triton_op_calls(x):
     """Each float-input op called with impl="triton" on x (which may require grad)."""
-    from fastddpm.kernels import linear_step, multistep_update
-
     t = step_indices(x.shape[0])
     table = GaussianDiffusion(T).ddpm_step_table().to(DEVICE)
     rows = torch.randn(NUM_ROWS, T, device=DEVICE)

@@ -50,6 +50,7 @@ __all__ = [
 FORMAT_VERSION = 1
 METADATA_KEY = "fastddpm"
 MODEL_PREFIX = "model."  # a checkpoint's model weights are its tensors named "model.<state_dict key>"
+EMA_PREFIX = "ema."  # a training checkpoint's EMA weights, likewise
 MAX_TIMESTEPS = 100_000  # the most diffusion steps a file's config may ask for (its tables are allocated)
 MAX_IMAGE_SIZE = 8192  # the largest image side a file may record (a sample of it is allocated)
 
@@ -164,9 +165,9 @@ def save(
     write_checkpoint(path, {f"{MODEL_PREFIX}{k}": v for k, v in model.state_dict().items()}, meta)
 
 
-def model_weights(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A checkpoint's model weights (its "model.*" tensors) under the Unet's own names."""
-    return {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+def model_weights(tensors: Mapping[str, torch.Tensor], prefix: str = MODEL_PREFIX) -> dict[str, torch.Tensor]:
+    """A checkpoint's model weights (its "model.*" tensors, or another ``prefix``'s) under the Unet's own names."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def weights_sha256(weights: Mapping[str, torch.Tensor]) -> str:

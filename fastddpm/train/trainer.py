@@ -30,8 +30,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..config import FrozenConfig
-from ..io.checkpoint import (MAX_IMAGE_SIZE, CheckpointError, check_diffusion_limits, check_weights_fit, model_weights,
-                             read_checkpoint, write_checkpoint)
+from ..io.checkpoint import (EMA_PREFIX, MAX_IMAGE_SIZE, MODEL_PREFIX, CheckpointError, check_diffusion_limits,
+                             check_weights_fit, model_weights, read_checkpoint, write_checkpoint)
 from ..io.files import save_image_grid
 from ..io.shards import rank_and_world
 from ..reference.diffusion import LOSS_TYPES, DiffusionConfig, GaussianDiffusion
@@ -344,8 +344,8 @@ class Trainer:
     def _write(self) -> None:
         meta = self._meta()
         tensors: dict[str, torch.Tensor] = {}
-        tensors.update({f"model.{k}": v.cpu() for k, v in self.model.state_dict().items()})
-        tensors.update({f"ema.{k}": v.cpu() for k, v in self.ema.state_dict().items()})
+        tensors.update({f"{MODEL_PREFIX}{k}": v.cpu() for k, v in self.model.state_dict().items()})
+        tensors.update({f"{EMA_PREFIX}{k}": v.cpu() for k, v in self.ema.state_dict().items()})
         for i, p in enumerate(self.model.parameters()):
             for name, value in self.optimizer.state.get(p, {}).items():
                 tensors[f"optim.{i}.{name}"] = torch.as_tensor(value).cpu()
@@ -353,7 +353,7 @@ class Trainer:
         tensors["data.perm"] = self.perm
         # The model file first: a kill between the two writes leaves it ahead of the checkpoint (resuming
         # retrains the same steps bit for bit and rewrites it), never behind the run it belongs to.
-        write_checkpoint(self.out_dir / MODEL_NAME, {f"model.{k}": v.cpu() for k, v in self.ema.state_dict().items()},
+        write_checkpoint(self.out_dir / MODEL_NAME, {f"{MODEL_PREFIX}{k}": v.cpu() for k, v in self.ema.state_dict().items()},
                          {**meta, "kind": "model"})
         write_checkpoint(self.out_dir / CHECKPOINT_NAME, tensors, {**meta, "kind": "training"})
 
@@ -386,7 +386,7 @@ class Trainer:
         if steps is not None:
             config = dataclasses.replace(config, steps=steps)
         model_sd = model_weights(tensors)
-        ema_sd = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        ema_sd = model_weights(tensors, EMA_PREFIX)
         # Everything the file claims is checked before the trainer allocates the model its config describes.
         check_weights_fit(path, config.model, model_sd)
         check_weights_fit(path, config.model, ema_sd)
