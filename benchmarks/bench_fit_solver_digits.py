@@ -38,6 +38,8 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=150)
     parser.add_argument("--methods", nargs="+", default=None, choices=("dpmsolver++", "unipc"),
                         help="the solvers each fit starts from (default: fit_solver's, UniPC)")
+    parser.add_argument("--spacing", default=None, choices=("leading", "trailing", "linspace", "logsnr", "logsnr-sqrt"),
+                        help="start each fit from this named spacing and keep its timesteps (default: fit them)")
     parser.add_argument("--no-ancestral", action="store_true", help="skip the 1000-step baseline (minutes)")
     parser.add_argument("--checkpoint", default=None,
                         help="a model file to score instead of the bundled model (its default row is skipped "
@@ -105,7 +107,7 @@ def main(argv=None) -> int:
                                                    spacing="logsnr"))
     for steps in args.steps:
         fit = fit_solver(model, diffusion, steps, image_size=16, channels=1, fit_batch=args.fit_batch,
-                         teacher_steps=100, iterations=args.iterations, seed=100000, progress=True,
+                         teacher_steps=100, iterations=args.iterations, seed=100000, progress=True, spacing=args.spacing,
                          **({"methods": tuple(args.methods)} if args.methods else {}))
         print(f"fitted {fit.method} from {fit.start} at {steps} steps in {fit.seconds:.0f} s: timesteps "
               f"{list(fit.timesteps)}, held-out distance to the teacher {fit.heldout_start_error:.4f} -> "
@@ -113,7 +115,10 @@ def main(argv=None) -> int:
         if args.save_fits:
             with open(f"{args.save_fits}/fit-solver-{steps}.json", "w") as f:
                 f.write(fit.to_json() + "\n")
-        score(f"fitted solver ({fit.method} from {fit.start})", steps, Sampler(model, diffusion, **fit.sampler_kwargs(
+        # A fit on a named spacing's timesteps is its own curve in plot_quality_vs_nfe.py (not "fitted solver").
+        label = (f"fitted coefficients, {args.spacing} timesteps ({fit.method})" if args.spacing else
+                 f"fitted solver ({fit.method} from {fit.start})")
+        score(label, steps, Sampler(model, diffusion, **fit.sampler_kwargs(
             model, diffusion)), {"fit_seconds": round(fit.seconds, 1), "heldout_teacher_distance": json.dumps(
                 [round(fit.heldout_start_error, 5), round(fit.heldout_error, 5)])})
         named(steps)

@@ -85,7 +85,10 @@ def main(argv=None) -> int:
         points.sort(key=lambda r: int(r["evaluations"]))
         nfe = [int(r["evaluations"]) for r in points]
         share = [float(r["confident"]) for r in points]
-        style = styles.get(name, dict(marker="." if "respaced" in name or "η" in name else "s", linewidth=1.2))
+        if name.startswith("fitted coefficients"):  # a fit on a named spacing's timesteps: the fit's colour, dashed
+            style = dict(color="black", marker="o", markerfacecolor="white", linestyle="--", linewidth=1.6)
+        else:
+            style = styles.get(name, dict(marker="." if "respaced" in name or "η" in name else "s", linewidth=1.2))
         line = top.errorbar(nfe, share, yerr=[standard_error(p, args.num) for p in share], label=name, capsize=2,
                             **style)
         bottom.plot(nfe, [float(r["frechet_pooled"]) for r in points], color=line[0].get_color(),

@@ -159,12 +159,36 @@ def test_the_console_entry_point_exits_2_with_one_line(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def _cli_error(capsys, *argv) -> str:
+    """Run the CLI in this process; it must exit 2 with one line on stderr: that line."""
+    capsys.readouterr()
+    assert main(list(argv)) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    return lines[0]
+
+
+def _assert_cli_samples_like_the_library(checkpoint, flag, fit_file, model, diffusion, sampler_kwargs, out):
+    """``sample FLAG FILE`` writes what Sampler(**sampler_kwargs) draws from the same torch seed."""
+    import torch
+
+    from fastddpm import Sampler
+    from fastddpm.io.files import to_uint8_images
+
+    assert main(["sample", "--checkpoint", str(checkpoint), flag, str(fit_file), "--num", "3", "--seed", "5",
+                 "--out", str(out), "--no-progress"]) == 0
+    with np.load(out) as archive:
+        images = archive["arr_0"]
+    torch.manual_seed(5)
+    expected = Sampler(model, diffusion, **sampler_kwargs).sample(3, 8, 1, progress=False)
+    np.testing.assert_array_equal(images, to_uint8_images(expected))
+
+
 def test_fit_timesteps_then_sample_with_them(tmp_path, small_unet, capsys):
     import json
 
-    import torch
 
-    from fastddpm import FittedTimesteps, GaussianDiffusion, Sampler, save
+    from fastddpm import FittedTimesteps, GaussianDiffusion, save
 
     checkpoint = tmp_path / "tiny.safetensors"
     save(checkpoint, small_unet, GaussianDiffusion(50), image_size=8)
@@ -179,22 +203,11 @@ def test_fit_timesteps_then_sample_with_them(tmp_path, small_unet, capsys):
     assert str(fit_path) in capsys.readouterr().out
 
     out = tmp_path / "s.npz"
-    assert main(["sample", "--checkpoint", str(checkpoint), "--timesteps", str(fit_path), "--num", "3",
-                 "--seed", "5", "--out", str(out), "--no-progress"]) == 0
-    with np.load(out) as archive:
-        images = archive["arr_0"]
-    torch.manual_seed(5)
-    expected = Sampler(small_unet, GaussianDiffusion(50), **fit.sampler_kwargs()).sample(3, 8, 1, progress=False)
-    from fastddpm.io.files import to_uint8_images
-
-    np.testing.assert_array_equal(images, to_uint8_images(expected))
+    _assert_cli_samples_like_the_library(checkpoint, "--timesteps", fit_path, small_unet, GaussianDiffusion(50),
+                                         fit.sampler_kwargs(), out)
 
     def error(*argv):
-        capsys.readouterr()
-        assert main(list(argv)) == 2
-        lines = capsys.readouterr().err.strip().splitlines()
-        assert len(lines) == 1
-        return lines[0]
+        return _cli_error(capsys, *argv)
 
     sample = ["sample", "--checkpoint", str(checkpoint), "--out", str(out), "--timesteps"]
     assert "--steps 5 does not match" in error(*sample, str(fit_path), "--steps", "5")
@@ -213,6 +226,46 @@ def test_fit_timesteps_then_sample_with_them(tmp_path, small_unet, capsys):
     (tmp_path / "foreign.json").write_text(foreign.to_json())
     assert "fitted for a model of 1000 timesteps" in error(*sample, str(tmp_path / "foreign.json"))
     assert "--out must end in .json" in error("fit-timesteps", "--steps", "4", "--out", str(tmp_path / "f.txt"))
+
+
+def test_fit_solver_then_sample_with_it(tmp_path, small_unet, capsys):
+    import json
+
+
+    from fastddpm import GaussianDiffusion, save
+    from fastddpm.fit.solver import FittedSolver, fit_solver
+
+    checkpoint = tmp_path / "tiny.safetensors"
+    save(checkpoint, small_unet, GaussianDiffusion(50), image_size=8)
+    fit_path = tmp_path / "fit.json"
+    assert main(["fit-solver", "--checkpoint", str(checkpoint), "--steps", "4", "--batch-size", "4",
+                 "--teacher-steps", "12", "--iterations", "2", "--spacing", "linspace", "--out", str(fit_path),
+                 "--no-progress"]) == 0
+    fit = FittedSolver.from_json(fit_path.read_text())
+    # The command passes its settings through: the library, asked the same, fits the same plan.
+    again = fit_solver(small_unet, GaussianDiffusion(50), 4, image_size=8, channels=1, fit_batch=4, teacher_steps=12,
+                       iterations=2, spacing="linspace", progress=False)
+    assert fit.start == "linspace" and fit.timesteps == again.timesteps and fit.coefs == again.coefs
+    assert str(fit_path) in capsys.readouterr().out
+
+    out = tmp_path / "s.npz"
+    _assert_cli_samples_like_the_library(checkpoint, "--solver", fit_path, small_unet, GaussianDiffusion(50),
+                                         fit.sampler_kwargs(), out)
+
+    def error(*argv):
+        return _cli_error(capsys, *argv)
+
+    sample = ["sample", "--checkpoint", str(checkpoint), "--out", str(out), "--solver"]
+    assert "fixes the solver: drop --steps" in error(*sample, str(fit_path), "--steps", "4")
+    other = tmp_path / "other.safetensors"
+    save(other, type(small_unet)(dim=8, channels=1, dim_mults=(1, 2)), GaussianDiffusion(50), image_size=8)
+    assert "fitted for another model" in error("sample", "--checkpoint", str(other), "--out", str(out),
+                                               "--solver", str(fit_path))
+    bad = json.loads(fit.to_json())
+    bad["coefs"]["X"] = bad["coefs"]["X"][:-1]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    assert "coefs['X'] must be 4 finite numbers" in error(*sample, str(tmp_path / "bad.json"))
+    assert not list(tmp_path.glob("*.tmp*")) and not (tmp_path / "s.png").exists()
 
 
 def test_sample_unipc_order_3_is_the_library_sampler(tmp_path, small_unet, capsys):

@@ -48,6 +48,27 @@ def test_fit_lowers_the_heldout_distance_and_reports_it_truthfully(harness_fit):
     assert not moved[[Row.EPS, Row.NOISE, Row.X0_FROM_X, Row.X0_FROM_EPS, Row.HISTORY2, Row.HISTORY3]].any()
 
 
+def test_fit_from_a_named_spacing_keeps_its_timesteps_and_reports_its_start():
+    mix, _, _ = mixture_setting()
+    diffusion = GaussianDiffusion(1000)
+    fit = fit_solver(mix, diffusion, 5, image_size=(2, 2), channels=1, methods=("dpmsolver++", "unipc"),
+                     fit_batch=256, teacher_steps=40, iterations=20, learning_rate=5e-3, seed=2000,
+                     spacing="linspace", progress=False)
+    named = {m: Sampler(mix, diffusion, method=m, steps=5, spacing="linspace").plan for m in ("dpmsolver++", "unipc")}
+    assert fit.start == "linspace" and fit.timesteps == named[fit.method].timesteps
+    heldout_seed = 2000 + 256
+    # The start is the solver whose named plan lands closer on the fit batch, its distances recomputed.
+    fit_batch_distance = {m: teacher_distance(mix, diffusion, plan, 2000, 256) for m, plan in named.items()}
+    assert fit.method == min(fit_batch_distance, key=fit_batch_distance.get)
+    assert fit_batch_distance[fit.method] == pytest.approx(fit.start_error, rel=1e-4)
+    assert teacher_distance(mix, diffusion, named[fit.method], heldout_seed, 256) == pytest.approx(
+        fit.heldout_start_error, rel=1e-4)
+    assert teacher_distance(mix, diffusion, fit.plan(), heldout_seed, 256) == pytest.approx(fit.heldout_error, rel=1e-4)
+    assert fit.heldout_error < fit.heldout_start_error
+    with pytest.raises(ValueError, match="spacing must be one of"):
+        fit_solver(mix, diffusion, 5, image_size=(2, 2), channels=1, spacing="karras", progress=False)
+
+
 def test_fit_round_trips_through_json_and_checks_its_model(harness_fit, small_unet):
     mix, diffusion, fit = harness_fit
     again = FittedSolver.from_json(fit.to_json())

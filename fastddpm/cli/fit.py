@@ -9,7 +9,7 @@ from ..fit.solver import DEFAULT_FIT_BATCH, DEFAULT_FIT_SOLVERS, FIT_SOLVERS, fi
 from ..fit.timesteps import FIT_METHODS, fit_timesteps
 from ..io.checkpoint import load_checkpoint
 from ..io.files import atomic_path
-from ..solvers import SOLVERS, build_plan
+from ..solvers import SOLVERS, SPACINGS, build_plan
 from .common import CLIError, device, image_size, one_line, out_file, positive_int, seed
 from .solver import ORDERS, order_help
 
@@ -79,6 +79,8 @@ def _register_solver(sub) -> None:
                         help="steps of the DPM-Solver++(2M) solve the fit approaches (default 100)")
     parser.add_argument("--iterations", type=positive_int, default=150,
                         help="gradient steps (default 150; more fit closer at a backward pass each: docs/sampling.md)")
+    parser.add_argument("--spacing", choices=SPACINGS,
+                        help="start from this named spacing and keep its timesteps (default: fit the timesteps)")
     _add_run_arguments(parser)
     parser.set_defaults(func=solver_command)
 
@@ -92,7 +94,8 @@ def solver_command(args: argparse.Namespace) -> None:
         fit = fit_solver(loaded.model, loaded.diffusion, args.steps, image_size=size,
                          channels=loaded.model.config.channels, methods=tuple(args.method or DEFAULT_FIT_SOLVERS),
                          order=args.order, fit_batch=args.batch_size, teacher_steps=args.teacher_steps,
-                         iterations=args.iterations, seed=args.seed, device=on, progress=not args.no_progress)
+                         iterations=args.iterations, seed=args.seed, spacing=args.spacing, device=on,
+                         progress=not args.no_progress)
     except (ValueError, RuntimeError) as exc:  # bad settings, or a model that fails (e.g. out of memory)
         raise CLIError(one_line(exc)) from None
     _write(out, fit)

@@ -5,7 +5,10 @@ exact ε̂ and small steps; at 5 evaluations neither holds. A fit asks the model
 
 1. the start — for each solver asked for (UniPC by default, or also "dpmsolver++") the timesteps are
    fitted by pattern search (:func:`fastddpm.fit_timesteps`), and the solver whose few-step solve lands closest to the teacher (a
-   many-step DPM-Solver++ solve of the same model from the same x_T) is kept;
+   many-step DPM-Solver++ solve of the same model from the same x_T) is kept. With ``spacing=`` the start
+   is that named spacing instead, its timesteps kept as they are (only the coefficients are fitted): the
+   timestep search moves a plan toward its teacher, and on a model whose teacher is not the best sampler
+   a start chosen by sample quality can be worth keeping (the bundled digits model: docs/sampling.md);
 2. the coefficients — the plan's free rows (X: the state's weight, X0: this step's x̂_0, HISTORY_j: the
    earlier x̂_0) are moved by Adam through the unrolled few-step solve, with the model's weights frozen,
    to lower the same distance (as S4S does, Frankel et al. 2025, arXiv 2502.17423). x̂_0's own rows
@@ -190,6 +193,7 @@ def fit_solver(
     iterations: int = 150,
     learning_rate: float = 2e-3,
     seed: int = 0,
+    spacing: str | None = None,
     prediction_type: str = "epsilon",
     device: torch.device | str | None = None,
     progress: bool = True,
@@ -197,15 +201,18 @@ def fit_solver(
     """Fit the timesteps and the coefficients of a ``steps``-evaluation plan to ``model`` (see the module
     docstring). ``methods``: the solvers to start from (each gets a timestep fit; the closest is kept);
     ``order`` for each. The fit batch and the held-out batch are ``fit_batch`` x_T each (per-sample philox
-    seeds from ``seed`` and ``seed + fit_batch``)."""
+    seeds from ``seed`` and ``seed + fit_batch``). ``spacing``: start from this named spacing and keep its
+    timesteps (None: fit the timesteps first)."""
     methods = tuple(methods)
     if not methods or any(m not in FIT_SOLVERS for m in methods):
         raise ValueError(f"methods must be some of {FIT_SOLVERS}, got {methods}")
     T = diffusion.num_timesteps
     if isinstance(steps, bool) or not isinstance(steps, int) or not 2 <= steps < teacher_steps <= T:
         raise ValueError(f"need 2 <= steps < teacher_steps <= {T}, got steps={steps}, teacher_steps={teacher_steps}")
+    if spacing is not None and spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS} or None (fit the timesteps), got {spacing!r}")
     for m in methods:  # settings checked before any solve
-        build_plan(diffusion, m, steps, "linspace", order=order)
+        build_plan(diffusion, m, steps, spacing or "linspace", order=order)
     if fit_batch < 2 or iterations < 0 or not (learning_rate > 0 and math.isfinite(learning_rate)):
         raise ValueError(f"fit_batch must be >= 2, iterations >= 0, learning_rate > 0; got {fit_batch}, "
                          f"{iterations}, {learning_rate}")
@@ -213,21 +220,25 @@ def fit_solver(
     height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     options = {"prediction_type": prediction_type, **({"device": device} if device is not None else {})}
 
-    # 1. The start: the best of the solvers, each on its own fitted timesteps.
-    fits = []
-    for m in methods:
-        fit = fit_timesteps(model, diffusion, steps, image_size=(height, width), channels=channels, method=m,
-                            order=order, batch_size=fit_batch, teacher_steps=teacher_steps, seed=seed,
-                            sampler_options={**options, "backend": "eager"}, progress=progress)
-        fits.append(fit)
-    best = min(fits, key=lambda f: f.error)
-    if best.heldout_error <= best.heldout_start_error:
-        start_plan = build_plan(diffusion, best.method, timesteps=list(best.timesteps), order=order)
-    else:  # the timestep fit did not carry over to held-out x_T: start from the named spacing
-        start_plan = build_plan(diffusion, best.method, steps, best.start, order=order)
+    # 1. The start: the best of the solvers, each on its own fitted timesteps (or on the named spacing).
+    if spacing is None:
+        fits = [fit_timesteps(model, diffusion, steps, image_size=(height, width), channels=channels, method=m,
+                              order=order, batch_size=fit_batch, teacher_steps=teacher_steps, seed=seed,
+                              sampler_options={**options, "backend": "eager"}, progress=progress)
+                for m in methods]
+        best = min(fits, key=lambda f: f.error)
+        if best.heldout_error <= best.heldout_start_error:
+            start_plan = build_plan(diffusion, best.method, timesteps=list(best.timesteps), order=order)
+        else:  # the timestep fit did not carry over to held-out x_T: start from the named spacing
+            start_plan = build_plan(diffusion, best.method, steps, best.start, order=order)
+        start_name, start_errors = best.start, (best.start_error, best.heldout_start_error)
+    else:
+        candidates = [build_plan(diffusion, m, steps, spacing, order=order) for m in methods]
+        start_name, start_errors = spacing, None  # measured below, once the teacher is there
 
     # 2. The coefficients, by gradient through the unrolled solve (the model's weights frozen).
-    sampler = Sampler(model, diffusion, plan=start_plan, **options)  # the same ε-model the runners use
+    sampler = Sampler(model, diffusion, plan=start_plan if spacing is None else candidates[0],
+                      **options)  # the same ε-model the runners use
     eps_model, device = sampler.model, sampler.device
     fit_seed, heldout_seed = seed, seed + fit_batch  # the batches fit_timesteps used: never overlapping
     teacher_plan = build_plan(diffusion, "dpmsolver++", teacher_steps, "logsnr")
@@ -237,6 +248,13 @@ def fit_solver(
         x_T[s] = randn_philox(seeds, T, (channels, height, width))  # the x_T of sample(seed=s, noise="philox")
         teacher[s] = Sampler(model, diffusion, plan=teacher_plan, **options).sample(
             fit_batch, (height, width), channels, seed=s, noise="philox", progress=False, clip=False).float()
+    if spacing is not None:  # the solver whose named plan lands closest to the teacher on the fit batch
+        def named_distance(plan: StepPlan, s: int) -> float:
+            with torch.no_grad():
+                coefs = torch.tensor(plan.coefs, dtype=torch.float32, device=device)
+                return float(_distance(_solve(eps_model, x_T[s], plan.timesteps, coefs, plan.histories), teacher[s]))
+
+        start_plan = min(candidates, key=lambda plan: named_distance(plan, fit_seed))
     start = torch.tensor(start_plan.coefs, dtype=torch.float64, device=device)
     free = torch.zeros_like(start, dtype=torch.bool)
     free[[int(r) for r in _FREE_ROWS[: 2 + start_plan.histories]]] = True
@@ -257,6 +275,8 @@ def fit_solver(
         p.requires_grad_(False)
     try:
         start_error, heldout_start = distance(delta.detach(), fit_seed), distance(delta.detach(), heldout_seed)
+        if start_errors is None:
+            start_errors = (start_error, heldout_start)
         best_delta, best_heldout, error = delta.detach().clone(), heldout_start, start_error
         optimizer = torch.optim.Adam([delta], lr=learning_rate)
         bar = tqdm(range(iterations), desc="fit-solver", disable=not progress, leave=False)
@@ -279,9 +299,9 @@ def fit_solver(
         error = distance(best_delta, fit_seed)
     coefs = (start + best_delta * free).cpu().numpy()  # float64: the start's rows plus the fitted moves
     return FittedSolver(
-        method=best.method, order=order, start=best.start, timesteps=start_plan.timesteps,
+        method=start_plan.method, order=order, start=start_name, timesteps=start_plan.timesteps,
         histories=start_plan.histories, coefs={row.name: tuple(coefs[row].tolist()) for row in Row},
         diffusion=diffusion.config, model_sha256=model_sha256(model), teacher_steps=teacher_steps,
-        start_error=best.start_error, error=error, heldout_start_error=best.heldout_start_error,
+        start_error=start_errors[0], error=error, heldout_start_error=start_errors[1],
         heldout_error=best_heldout, iterations=iterations, seconds=time.perf_counter() - started,
     )
