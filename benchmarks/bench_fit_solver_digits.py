@@ -24,6 +24,8 @@ import time
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import append_rows, environment  # noqa: E402
 
+from fastddpm.solvers import SPACINGS  # noqa: E402
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -38,7 +40,7 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=150)
     parser.add_argument("--methods", nargs="+", default=None, choices=("dpmsolver++", "unipc"),
                         help="the solvers each fit starts from (default: fit_solver's, UniPC)")
-    parser.add_argument("--spacing", default=None, choices=("leading", "trailing", "linspace", "logsnr", "logsnr-sqrt"),
+    parser.add_argument("--spacing", default=None, choices=SPACINGS,
                         help="start each fit from this named spacing and keep its timesteps (default: fit them)")
     parser.add_argument("--no-ancestral", action="store_true", help="skip the 1000-step baseline (minutes)")
     parser.add_argument("--checkpoint", default=None,

@@ -5,7 +5,8 @@ Two panels share the NFE axis (log scale): the share of samples a held-out digit
 confidently (higher is better; error bars ±1 standard error, sqrt(p(1−p)/n)), and the Fréchet distance
 of 8×8-pooled pixels to real digits (lower is better; the real-vs-real floor drawn as a dotted line).
 The 1000-step ancestral sampler is a dashed line with its standard-error band; named settings, stochastic
-samplers and fitted solvers are curves; the default of ``fastddpm sample`` is a star. Only rows with
+samplers and fitted solvers are curves (fits on a named spacing's timesteps, ``--spacing``, dashed in the fit's
+black: one such curve at a time reads well); the default of ``fastddpm sample`` is a star. Only rows with
 ``--num`` samples are drawn, the newest row per sampler and NFE.
 
     pip install matplotlib   # the plot extra: pip install ".[plot]"

@@ -187,7 +187,6 @@ def _assert_cli_samples_like_the_library(checkpoint, flag, fit_file, model, diff
 def test_fit_timesteps_then_sample_with_them(tmp_path, small_unet, capsys):
     import json
 
-
     from fastddpm import FittedTimesteps, GaussianDiffusion, save
 
     checkpoint = tmp_path / "tiny.safetensors"
@@ -231,7 +230,6 @@ def test_fit_timesteps_then_sample_with_them(tmp_path, small_unet, capsys):
 def test_fit_solver_then_sample_with_it(tmp_path, small_unet, capsys):
     import json
 
-
     from fastddpm import GaussianDiffusion, save
     from fastddpm.fit.solver import FittedSolver, fit_solver
 
@@ -245,7 +243,8 @@ def test_fit_solver_then_sample_with_it(tmp_path, small_unet, capsys):
     # The command passes its settings through: the library, asked the same, fits the same plan.
     again = fit_solver(small_unet, GaussianDiffusion(50), 4, image_size=8, channels=1, fit_batch=4, teacher_steps=12,
                        iterations=2, spacing="linspace", progress=False)
-    assert fit.start == "linspace" and fit.timesteps == again.timesteps and fit.coefs == again.coefs
+    assert fit.start == "linspace" and fit.timesteps == (49, 33, 16, 0)  # round(linspace(0, T - 1, 4)), descending
+    assert {**fit.to_dict(), "seconds": 0} == {**again.to_dict(), "seconds": 0}  # batch, teacher, seed: passed on
     assert str(fit_path) in capsys.readouterr().out
 
     out = tmp_path / "s.npz"
@@ -255,17 +254,26 @@ def test_fit_solver_then_sample_with_it(tmp_path, small_unet, capsys):
     def error(*argv):
         return _cli_error(capsys, *argv)
 
+    written = out.read_bytes()
     sample = ["sample", "--checkpoint", str(checkpoint), "--out", str(out), "--solver"]
     assert "fixes the solver: drop --steps" in error(*sample, str(fit_path), "--steps", "4")
     other = tmp_path / "other.safetensors"
     save(other, type(small_unet)(dim=8, channels=1, dim_mults=(1, 2)), GaussianDiffusion(50), image_size=8)
     assert "fitted for another model" in error("sample", "--checkpoint", str(other), "--out", str(out),
                                                "--solver", str(fit_path))
+    longer = tmp_path / "longer.safetensors"
+    save(longer, small_unet, GaussianDiffusion(60), image_size=8)
+    assert "fitted for the diffusion" in error("sample", "--checkpoint", str(longer), "--out", str(out),
+                                               "--solver", str(fit_path))
     bad = json.loads(fit.to_json())
     bad["coefs"]["X"] = bad["coefs"]["X"][:-1]
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     assert "coefs['X'] must be 4 finite numbers" in error(*sample, str(tmp_path / "bad.json"))
-    assert not list(tmp_path.glob("*.tmp*")) and not (tmp_path / "s.png").exists()
+    # A step count the spacing cannot place: one line, before any solve, and no file written.
+    assert "trailing" in error("fit-solver", "--checkpoint", str(checkpoint), "--steps", "29", "--teacher-steps", "40",
+                               "--spacing", "trailing", "--out", str(tmp_path / "never.json"), "--no-progress")
+    assert not (tmp_path / "never.json").exists()
+    assert out.read_bytes() == written and not list(tmp_path.glob("*.tmp*"))  # the refused runs wrote nothing
 
 
 def test_sample_unipc_order_3_is_the_library_sampler(tmp_path, small_unet, capsys):

@@ -6,9 +6,9 @@ exact ε̂ and small steps; at 5 evaluations neither holds. A fit asks the model
 1. the start — for each solver asked for (UniPC by default, or also "dpmsolver++") the timesteps are
    fitted by pattern search (:func:`fastddpm.fit_timesteps`), and the solver whose few-step solve lands closest to the teacher (a
    many-step DPM-Solver++ solve of the same model from the same x_T) is kept. With ``spacing=`` the start
-   is that named spacing instead, its timesteps kept as they are (only the coefficients are fitted): the
-   timestep search moves a plan toward its teacher, and on a model whose teacher is not the best sampler
-   a start chosen by sample quality can be worth keeping (the bundled digits model: docs/sampling.md);
+   is that named spacing's plan instead (the solver whose plan lands closest), its timesteps kept and only
+   the coefficients fitted. Measured on the bundled digits model, a fit from the spacing that scores best
+   there (linspace) still moved its samples to the teacher's and lost that score (docs/sampling.md);
 2. the coefficients — the plan's free rows (X: the state's weight, X0: this step's x̂_0, HISTORY_j: the
    earlier x̂_0) are moved by Adam through the unrolled few-step solve, with the model's weights frozen,
    to lower the same distance (as S4S does, Frankel et al. 2025, arXiv 2502.17423). x̂_0's own rows
@@ -79,7 +79,7 @@ class FittedSolver(FrozenConfig, json_indent=1, json_sort_keys=False):
 
     method: str  # the solver the fit started from
     order: int
-    start: str  # the named spacing the timestep search started from
+    start: str  # the named spacing the timestep search started from, or whose timesteps were kept (spacing=)
     timesteps: tuple[int, ...]
     histories: int
     coefs: dict
@@ -199,8 +199,8 @@ def fit_solver(
     progress: bool = True,
 ) -> FittedSolver:
     """Fit the timesteps and the coefficients of a ``steps``-evaluation plan to ``model`` (see the module
-    docstring). ``methods``: the solvers to start from (each gets a timestep fit; the closest is kept);
-    ``order`` for each. The fit batch and the held-out batch are ``fit_batch`` x_T each (per-sample philox
+    docstring). ``methods``: the solvers to start from (each gets a timestep fit, or with ``spacing`` the
+    named plan; the closest is kept); ``order`` for each. The fit batch and the held-out batch are ``fit_batch`` x_T each (per-sample philox
     seeds from ``seed`` and ``seed + fit_batch``). ``spacing``: start from this named spacing and keep its
     timesteps (None: fit the timesteps first)."""
     methods = tuple(methods)
