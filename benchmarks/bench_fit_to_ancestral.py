@@ -1,0 +1,125 @@
+"""A prototype, not a library feature: fit a 5-step plan's coefficients to the *distribution* of the bundled
+model's own 1000-step ancestral samples, instead of to a many-step ODE solve from the same x_T.
+
+Why: on the bundled digits model every fit to an ODE teacher lands at the teacher's digits-proxy score
+(0.44–0.46 confident), below the ancestral sampler's 0.529 (docs/sampling.md, "Fitted solvers"). This asks
+whether a data-free, distribution-level objective closes that gap. The loss is the energy distance
+(Székely & Rizzo) between the few-step solve of 64 fixed x_T and a bank of the model's ancestral samples
+(192 of ``--bank-size``; the other 64 and another 64 x_T are held out and pick the iteration to keep).
+Only the plan's free rows move, as in ``fastddpm.fit.solver.fit_solver``, whose unrolled solve this reuses.
+The result is scored on the digits proxy (512 philox seeds 0–511, as bench_fit_solver_digits.py).
+
+    python benchmarks/bench_fit_to_ancestral.py [--iterations 150] [--learning-rate 2e-3] [--bank runs/bank.pt]
+
+The bank (256 ancestral samples from philox seeds 300000+) takes ~16 minutes on the 2-core CPU machine and is
+cached at ``--bank`` (safetensors: nothing is unpickled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import fastddpm
+from fastddpm import Sampler
+from fastddpm.defaults import bundled_solver
+from fastddpm.eval.quality import digits_score, frechet_distance, pooled_pixels, real_digits
+from fastddpm.fit.solver import _FREE_ROWS, _solve  # the fit's own unrolled solve and free rows
+from fastddpm.kernels import randn_philox
+from fastddpm.solvers import StepPlan
+
+BANK_SEED, FIT_SEED = 300000, 100000
+
+
+def energy_distance(y: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """V-statistic energy distance between the rows of ``y`` (clamped to the image range) and ``bank``."""
+    y = y.flatten(1).clamp(-1, 1)
+    return 2 * torch.cdist(y, bank).mean() - torch.cdist(y, y).mean() - torch.cdist(bank, bank).mean()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=150)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--start", default="shipped", choices=("shipped", "linspace", "trailing"),
+                        help="the bundled fitted solver, or a named UniPC plan")
+    parser.add_argument("--bank", default="runs/ancestral-bank-256.safetensors")
+    parser.add_argument("--num", type=int, default=512)
+    args = parser.parse_args(argv)
+
+    from safetensors.torch import load_file, save_file
+
+    model, diffusion = fastddpm.load()
+    bank_path = Path(args.bank)
+    if bank_path.exists():
+        bank = load_file(bank_path)["samples"]
+    else:
+        started = time.perf_counter()
+        bank = Sampler(model, diffusion).sample(256, 16, 1, seed=BANK_SEED, noise="philox", progress=True)
+        bank_path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"samples": bank.contiguous()}, str(bank_path))
+        print(f"256 ancestral samples in {time.perf_counter() - started:.0f} s -> {bank_path}", flush=True)
+    bank = bank.float().clamp(-1, 1).flatten(1)
+    fit_bank, heldout_bank = bank[:192], bank[192:]
+
+    plan = bundled_solver().plan() if args.start == "shipped" else Sampler(
+        model, diffusion, method="unipc", steps=5, spacing=args.start).plan
+    eps_model = Sampler(model, diffusion, plan=plan).model
+    for p in eps_model.parameters():
+        p.requires_grad_(False)
+    T = diffusion.num_timesteps
+    x_fit, x_heldout = (randn_philox(torch.arange(64, dtype=torch.int64) + s, T, (1, 16, 16))
+                        for s in (FIT_SEED, FIT_SEED + 64))
+    start = torch.tensor(plan.coefs, dtype=torch.float64)
+    free = torch.zeros_like(start, dtype=torch.bool)
+    free[[int(r) for r in _FREE_ROWS[: 2 + plan.histories]]] = True
+    delta = torch.zeros_like(start, requires_grad=True)
+
+    def coefs(d):
+        return (start + d * free).float()
+
+    def heldout(d) -> float:
+        with torch.no_grad():
+            return float(energy_distance(_solve(eps_model, x_heldout, plan.timesteps, coefs(d), plan.histories),
+                                         heldout_bank))
+
+    reference, _ = real_digits()
+
+    def score(d, label):
+        fitted = StepPlan(method=plan.method, timesteps=plan.timesteps, coefs=(start + d * free).numpy(),
+                          histories=plan.histories, order=plan.order, spacing=None)
+        images = Sampler(model, diffusion, plan=fitted).sample(args.num, 16, 1, seed=0, noise="philox", progress=False)
+        result = digits_score(images)
+        print(f"| {label} | {result['confident']:.3f} | {frechet_distance(pooled_pixels(images), reference):.4f} |",
+              flush=True)
+
+    floor = float(energy_distance(heldout_bank, fit_bank))
+    best, best_heldout = delta.detach().clone(), heldout(delta.detach())
+    print(f"start {args.start}: held-out energy distance {best_heldout:.4f} (ancestral vs ancestral, 64 vs 192: "
+          f"{floor:.4f})", flush=True)
+    print("| plan | confident | Fréchet (pooled pixels) |\n|---|---|---|")
+    score(best, f"start: {args.start}")
+    optimizer = torch.optim.Adam([delta], lr=args.learning_rate)
+    started = time.perf_counter()
+    for i in range(args.iterations):
+        optimizer.zero_grad()
+        loss = energy_distance(_solve(eps_model, x_fit, plan.timesteps, coefs(delta), plan.histories), fit_bank)
+        loss.backward()
+        optimizer.step()
+        if (i + 1) % 10 == 0:
+            h = heldout(delta.detach())
+            if h < best_heldout:
+                best, best_heldout = delta.detach().clone(), h
+            print(f"  {i + 1}: fit {loss.item():.4f}, held out {h:.4f} ({time.perf_counter() - started:.0f} s)",
+                  flush=True)
+    score(best, f"fitted to the ancestral samples ({args.iterations} iterations, lr {args.learning_rate}, "
+                f"held-out energy distance → {best_heldout:.4f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
