@@ -51,17 +51,29 @@ def main(argv=None) -> int:
     parser.add_argument("--num", type=int, default=512)
     args = parser.parse_args(argv)
 
-    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from fastddpm.fit.solver import model_sha256
+    from fastddpm.io.files import atomic_path
 
     model, diffusion = fastddpm.load()
+    # The bank names the model and seeds it was drawn with, so a stale one is refused, not silently used.
+    stamp = {"model_sha256": model_sha256(model), "seed": str(BANK_SEED), "count": "256", "steps": "1000"}
     bank_path = Path(args.bank)
     if bank_path.exists():
-        bank = load_file(bank_path)["samples"]
+        with safe_open(str(bank_path), framework="pt") as f:
+            if (f.metadata() or {}) != stamp or "samples" not in f.keys():
+                print(f"{bank_path}: not a bank of this model's ancestral samples ({f.metadata()}); delete it to "
+                      f"draw a new one", file=sys.stderr)
+                return 2
+            bank = f.get_tensor("samples")
     else:
         started = time.perf_counter()
         bank = Sampler(model, diffusion).sample(256, 16, 1, seed=BANK_SEED, noise="philox", progress=True)
         bank_path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"samples": bank.contiguous()}, str(bank_path))
+        with atomic_path(bank_path) as tmp:
+            save_file({"samples": bank.contiguous()}, str(tmp), metadata=stamp)
         print(f"256 ancestral samples in {time.perf_counter() - started:.0f} s -> {bank_path}", flush=True)
     bank = bank.float().clamp(-1, 1).flatten(1)
     fit_bank, heldout_bank = bank[:192], bank[192:]
