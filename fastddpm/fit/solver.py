@@ -237,24 +237,24 @@ def fit_solver(
         start_name, start_errors = spacing, None  # measured below, once the teacher is there
 
     # 2. The coefficients, by gradient through the unrolled solve (the model's weights frozen).
-    sampler = Sampler(model, diffusion, plan=start_plan if spacing is None else candidates[0],
-                      **options)  # the same ε-model the runners use
-    eps_model, device = sampler.model, sampler.device
+    teacher_sampler = Sampler(model, diffusion, plan=build_plan(diffusion, "dpmsolver++", teacher_steps, "logsnr"),
+                              **options)
+    eps_model, device = teacher_sampler.model, teacher_sampler.device  # the same ε-model the runners use
     fit_seed, heldout_seed = seed, seed + fit_batch  # the batches fit_timesteps used: never overlapping
-    teacher_plan = build_plan(diffusion, "dpmsolver++", teacher_steps, "logsnr")
     x_T, teacher = {}, {}
     for s in (fit_seed, heldout_seed):
         seeds = torch.arange(fit_batch, dtype=torch.int64, device=device) + s
         x_T[s] = randn_philox(seeds, T, (channels, height, width))  # the x_T of sample(seed=s, noise="philox")
-        teacher[s] = Sampler(model, diffusion, plan=teacher_plan, **options).sample(
-            fit_batch, (height, width), channels, seed=s, noise="philox", progress=False, clip=False).float()
-    if spacing is not None:  # the solver whose named plan lands closest to the teacher on the fit batch
-        def named_distance(plan: StepPlan, s: int) -> float:
-            with torch.no_grad():
-                coefs = torch.tensor(plan.coefs, dtype=torch.float32, device=device)
-                return float(_distance(_solve(eps_model, x_T[s], plan.timesteps, coefs, plan.histories), teacher[s]))
+        teacher[s] = teacher_sampler.sample(fit_batch, (height, width), channels, seed=s, noise="philox",
+                                            progress=False, clip=False).float()
 
-        start_plan = min(candidates, key=lambda plan: named_distance(plan, fit_seed))
+    def solve_distance(timesteps, coefs: torch.Tensor, histories: int, s: int) -> float:
+        with torch.no_grad():
+            return float(_distance(_solve(eps_model, x_T[s], timesteps, coefs.float(), histories), teacher[s]))
+
+    if spacing is not None:  # the solver whose named plan lands closest to the teacher on the fit batch
+        start_plan = candidates[0] if len(candidates) == 1 else min(candidates, key=lambda plan: solve_distance(
+            plan.timesteps, torch.tensor(plan.coefs, device=device), plan.histories, fit_seed))
     start = torch.tensor(start_plan.coefs, dtype=torch.float64, device=device)
     free = torch.zeros_like(start, dtype=torch.bool)
     free[[int(r) for r in _FREE_ROWS[: 2 + start_plan.histories]]] = True
@@ -264,9 +264,7 @@ def fit_solver(
         return (start + d * free).float()
 
     def distance(d: torch.Tensor, s: int) -> float:
-        with torch.no_grad():
-            out = _solve(eps_model, x_T[s], start_plan.timesteps, coefs_of(d), start_plan.histories)
-            return float(_distance(out, teacher[s]))
+        return solve_distance(start_plan.timesteps, coefs_of(d), start_plan.histories, s)
 
     # Frozen weights: no gradients computed for them, and none left behind in the caller's model.
     parameters = list(eps_model.parameters())
